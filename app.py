@@ -1,0 +1,40 @@
+"""Composition root: settings, logging, the upstream pool, the blueprint and the error handlers."""
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+from flask_cors import CORS
+
+from config import ConfigError, Settings
+from proxy import bp, envelope
+from proxy.errors import register_error_handlers
+from proxy.logs import configure_logging
+from proxy.upstream import Upstream
+
+# Provider option headers and our own, so browsers may send them and read the answers.
+_CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID", "OpenAI-Organization",
+               "OpenAI-Project", "anthropic-version", "anthropic-beta"]
+_CORS_EXPOSE = ["X-Request-ID", "X-Upstream-Request-ID", "Retry-After", "retry-after-ms",
+                "x-should-retry"]
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env(os.environ)
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.extensions["proxy"] = Upstream(settings)  # per app: two test apps never share a pool
+    if settings.cors_origins:
+        origins = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
+        CORS(app, resources={r"/api/*": {"origins": origins}}, allow_headers=_CORS_ALLOW,
+             expose_headers=_CORS_EXPOSE, max_age=600)
+    app.register_blueprint(bp)
+    app.after_request(envelope.add_request_id_header)
+    register_error_handlers(app)
+    return app
+
+
+try:
+    app = create_app()
+except ConfigError as e:
+    raise SystemExit(f"config error: {e}") from None

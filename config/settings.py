@@ -1,0 +1,125 @@
+"""Settings read once from the environment (contract §7), checked before anything starts."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlsplit
+
+from config.registry import PROVIDERS
+
+ENVIRONMENTS = ("development", "staging", "production")
+WORKER_CLASSES = ("gthread", "gevent")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ConfigError(ValueError):
+    """A variable has a value the service cannot run with; the message names it."""
+
+
+def _default_workers() -> int:
+    return 2 * (os.cpu_count() or 1) + 1
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"
+    port: int = 8000
+    web_concurrency: int = field(default_factory=_default_workers)
+    gunicorn_worker_class: str = "gthread"
+    gunicorn_threads: int = 8
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 300.0
+    upstream_pool_size: int = 32
+    upstream_retries: int = 2
+    max_request_bytes: int = 10 * 1024 * 1024
+    cors_origins: tuple[str, ...] = ("*",)
+    log_level: str = "INFO"
+    cohere_generate_model: str = "command-a-03-2025"
+    # provider name -> base URL without a trailing slash
+    base_urls: Mapping[str, str] = field(
+        default_factory=lambda: {p.name: p.base_url for p in PROVIDERS.values()})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse and check every variable; raise ConfigError naming the first bad one."""
+        environment = _choice(environ, "ENVIRONMENT", "development", ENVIRONMENTS, str.lower)
+        cors_default = "*" if environment == "development" else ""
+        return cls(
+            environment=environment,
+            port=_integer(environ, "PORT", 8000, minimum=1, maximum=65535),
+            web_concurrency=_integer(environ, "WEB_CONCURRENCY", _default_workers()),
+            gunicorn_worker_class=_choice(environ, "GUNICORN_WORKER_CLASS", "gthread",
+                                          WORKER_CLASSES, str.lower),
+            gunicorn_threads=_integer(environ, "GUNICORN_THREADS", 8),
+            upstream_connect_timeout=_seconds(environ, "UPSTREAM_CONNECT_TIMEOUT", 5.0),
+            upstream_read_timeout=_seconds(environ, "UPSTREAM_READ_TIMEOUT", 300.0),
+            upstream_pool_size=_integer(environ, "UPSTREAM_POOL_SIZE", 32),
+            upstream_retries=_integer(environ, "UPSTREAM_RETRIES", 2, minimum=0),
+            max_request_bytes=_integer(environ, "MAX_REQUEST_BYTES", 10 * 1024 * 1024),
+            cors_origins=_origins(environ.get("CORS_ORIGINS", cors_default)),
+            log_level=_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS, str.upper),
+            cohere_generate_model=environ.get("COHERE_GENERATE_MODEL", "").strip()
+            or "command-a-03-2025",
+            base_urls={p.name: _base_url(environ, p.base_url_env, p.base_url)
+                       for p in PROVIDERS.values()},
+        )
+
+
+def _raw(environ: Mapping[str, str], name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank (blank means default)."""
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+def _integer(environ: Mapping[str, str], name: str, default: int, *,
+             minimum: int = 1, maximum: int | None = None) -> int:
+    raw = _raw(environ, name)
+    if raw is None:
+        return default
+    kind = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        limit = f" no larger than {maximum}" if maximum is not None else ""
+        raise ConfigError(f"{name} must be {kind}{limit}, got {raw!r}")
+    return value
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = _raw(environ, name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def _choice(environ: Mapping[str, str], name: str, default: str,
+            choices: tuple[str, ...], normalise) -> str:
+    raw = _raw(environ, name)
+    if raw is None:
+        return default
+    if normalise(raw) not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return normalise(raw)
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    return tuple(origin.strip().rstrip("/") for origin in raw.split(",") if origin.strip())
+
+
+def _base_url(environ: Mapping[str, str], name: str, default: str) -> str:
+    raw = _raw(environ, name)
+    if raw is None:
+        return default
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{name} must be an http(s) URL with a host and no query, got {raw!r}")
+    return raw.rstrip("/")

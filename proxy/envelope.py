@@ -1,0 +1,115 @@
+"""Request ids, the success and error bodies, and the provider headers passed on to the client."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+import time
+from typing import Mapping
+
+from flask import Response, g, request
+
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+_INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
+_PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
+_UPSTREAM_ID_HEADERS = ("x-request-id", "request-id")
+DETAILS_TEXT_LIMIT = 2048
+
+
+def request_id() -> str:
+    """This request's id: a valid incoming X-Request-ID (as PaaS routers send), else a new one."""
+    rid = g.get("request_id")
+    if rid is None:
+        incoming = request.headers.get("X-Request-ID", "")
+        if _INCOMING_ID.fullmatch(incoming):
+            rid = incoming
+        else:
+            suffix = "".join(random.choices(_ID_ALPHABET, k=6))
+            rid = f"req_{time.time_ns() // 1_000_000}_{suffix}"
+        g.request_id = rid
+    return rid
+
+
+def add_request_id_header(response: Response) -> Response:
+    response.headers["X-Request-ID"] = request_id()
+    return response
+
+
+class RawJSON(bytes):
+    """Bytes already checked to be one JSON value, spliced into a body as they are."""
+
+
+def _dump(value: object) -> bytes:
+    if isinstance(value, RawJSON):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def success_body(data: RawJSON | object, rid: str) -> bytes:
+    # Spliced rather than re-dumped so the provider's JSON comes back byte for byte.
+    return b'{"success":true,"data":' + _dump(data) + b',"requestId":' + _dump(rid) + b"}"
+
+
+def error_body(code: str, message: str, rid: str, *, service: str | None = None,
+               upstream_status: int | None = None, details: object = None) -> bytes:
+    error = {"code": code, "message": message}
+    if service is not None:
+        error["service"] = service
+    if upstream_status is not None:
+        error["upstreamStatus"] = upstream_status
+    head = _dump(error)
+    if details is not None:
+        head = head[:-1] + b',"details":' + _dump(details) + b"}"
+    return b'{"success":false,"error":' + head + b',"requestId":' + _dump(rid) + b"}"
+
+
+def details_from(body: bytes, raw_json: RawJSON | None) -> RawJSON | str | None:
+    """A provider error body for error.details: its JSON as sent, else text cut to 2 KB."""
+    if raw_json is not None:
+        return raw_json
+    if not body:
+        return None
+    return body[:DETAILS_TEXT_LIMIT].decode("utf-8", "ignore")
+
+
+def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The provider's rate-limit, retry and request-id headers; no other header passes."""
+    out = {}
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES):
+            out[name] = value
+        elif lower in _UPSTREAM_ID_HEADERS:
+            out["X-Upstream-Request-ID"] = value
+    return out
+
+
+def response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(body, status, headers, content_type="application/json")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number out of range")
+    return value
+
+
+_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def loads_strict(data: bytes) -> object:
+    """Parse standard JSON only: UTF-8, no NaN/Infinity, no overflowing numbers.
+
+    Raises ValueError for anything else, deep nesting included (json raises RecursionError).
+    """
+    try:
+        return _strict.decode(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

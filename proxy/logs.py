@@ -1,0 +1,106 @@
+"""JSON-lines logging: the formatter, the one summary line per proxied request, and redaction.
+
+Standard library only, so that gunicorn.conf.py can import it before the app exists.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+# A last line of defence: should any library ever print a credential, mask it.
+_SECRET = re.compile(
+    r"(?i)(bearer\s+|x-api-key['\"]?\s*[:=]\s*['\"]?|api_key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
+
+
+def redact(text: str) -> str:
+    return _SECRET.sub(r"\1[REDACTED]", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: level, message, timestamp, logger, and the record's `fields`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "logger": record.name,
+        }
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return redact(json.dumps(line, ensure_ascii=False, default=str))
+
+
+def configure_logging(level: str) -> None:
+    """Send every logger's records to stderr as JSON lines, once per process."""
+    root = logging.getLogger()
+    root.setLevel(level)
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        root.addHandler(handler)
+
+
+def gunicorn_logconfig(level: str) -> dict:
+    """gunicorn's own start-up and access lines as JSON too (its logconfig_dict)."""
+    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": handler},
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
+            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        },
+    }
+
+
+_summary = logging.getLogger("proxy.requests")
+
+
+@dataclass
+class RequestLog:
+    """What the one summary line of a proxied request says (contract §8); never a key or content."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    target_service: str | None = None
+    url: str | None = None
+    payload_keys: list[str] | None = None
+    status: int | None = None
+    upstream_status: int | None = None
+    stream: bool = False
+    bytes_relayed: int = 0
+    first_byte_ms: float | None = None
+    ended: str | None = None
+
+    def relayed(self, size: int) -> None:
+        if self.first_byte_ms is None:
+            self.first_byte_ms = round((time.perf_counter() - self.started) * 1000, 1)
+        self.bytes_relayed += size
+
+    def emit(self) -> None:
+        fields = {
+            "requestId": self.request_id,
+            "targetService": self.target_service,
+            "url": self.url,
+            "payloadKeys": self.payload_keys,
+            "status": self.status,
+            "upstreamStatus": self.upstream_status,
+            "durationMs": round((time.perf_counter() - self.started) * 1000, 1),
+            "stream": self.stream,
+        }
+        if self.stream:
+            fields.update(bytesRelayed=self.bytes_relayed, firstByteMs=self.first_byte_ms,
+                          ended=self.ended)
+        level = logging.INFO if (self.status or 500) < 500 else logging.WARNING
+        _summary.log(level, "proxied request", extra={"fields": fields})

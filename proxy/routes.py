@@ -1,0 +1,123 @@
+"""The blueprint and its three views: parse the body, load the schema, forward, wrap."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Iterator
+
+import marshmallow as ma
+from flask import Blueprint, Response, current_app, g, request
+
+from config import PROVIDERS, SERVICES, Service
+from proxy import envelope
+from proxy.errors import MissingApiKeyError, PayloadTooLargeError, ProxyError, ValidationError
+from proxy.logs import RequestLog
+from proxy.schemas import OPTION_HEADER_MAX, ProxyRequestSchema, is_printable_ascii
+from proxy.upstream import Upstream
+
+bp = Blueprint("proxy", __name__, url_prefix="/api/proxy")
+_schema = ProxyRequestSchema()
+_READ_SIZE = 64 * 1024
+
+
+def _upstream() -> Upstream:
+    return current_app.extensions["proxy"]
+
+
+@bp.post("/external")
+def forward_external() -> Response:
+    rid = envelope.request_id()
+    log = g.request_log = RequestLog(rid)
+    try:
+        req = _schema.load(_json_object_body())
+    except ma.ValidationError as e:
+        raise ValidationError("Invalid request body.", details=e.messages) from None
+    service, payload = SERVICES[req["target_service"]], req["payload"]
+    upstream = _upstream()
+    log.target_service, log.url, log.payload_keys = service.name, upstream.url(service), list(payload)
+    api_key = (req["api_key"] or "").strip()
+    if not api_key:
+        raise MissingApiKeyError("api_key is required.", service=service.name)
+    reply = upstream.forward(service, api_key, payload, _option_headers(service), log)
+    if reply.chunks is not None:
+        headers = {**reply.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return Response(_event_stream(reply.chunks, rid), 200, headers,
+                        content_type="text/event-stream")
+    return envelope.response(envelope.success_body(reply.body, rid), 200, reply.headers)
+
+
+@bp.get("/health")
+def health() -> Response:
+    data = {"status": "healthy",
+            "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "services": len(SERVICES)}
+    return envelope.response(envelope.success_body(data, envelope.request_id()))
+
+
+@bp.get("/services")
+def list_services() -> Response:
+    data = {"services": sorted(SERVICES), "count": len(SERVICES)}
+    return envelope.response(envelope.success_body(data, envelope.request_id()))
+
+
+@bp.after_request
+def _log_when_done(response: Response) -> Response:
+    # The summary line is written when the server closes the response: after a stream ends.
+    log = g.get("request_log")
+    if log is not None:
+        log.status = response.status_code
+        response.call_on_close(log.emit)
+    return response
+
+
+def _json_object_body() -> dict:
+    """The request body as a JSON object, read and checked by us.
+
+    werkzeug's own limit silently cuts a chunked body short, and get_json() answers a wrong
+    Content-Type with a 415, so the bytes are counted here.
+    """
+    limit = _upstream().settings.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
+    if request.mimetype != "application/json":
+        raise ValidationError("Content-Type must be application/json.")
+    data, size = [], 0
+    while chunk := request.stream.read(_READ_SIZE):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
+        data.append(chunk)
+    try:
+        body = envelope.loads_strict(b"".join(data))
+    except ValueError:
+        raise ValidationError("Body is not valid JSON (UTF-8, standard literals only).") from None
+    if not isinstance(body, dict):
+        raise ValidationError("Body must be a JSON object.")
+    return body
+
+
+def _option_headers(service: Service) -> dict[str, str]:
+    """The provider option headers the client sent, for this service's provider only."""
+    options = {}
+    for name in PROVIDERS[service.provider].option_headers:
+        value = request.headers.get(name, "")
+        if not value:
+            continue
+        if len(value) > OPTION_HEADER_MAX or not is_printable_ascii(value):
+            raise ValidationError("Invalid option header.", details={"headers": {name: [
+                f"Must be printable ASCII, at most {OPTION_HEADER_MAX} characters."]}})
+        options[name] = value
+    return options
+
+
+def _event_stream(chunks: Iterator[bytes], rid: str) -> Iterator[bytes]:
+    """Relay the provider's events; a break mid-stream ends with one `event: error` frame."""
+    last = b"\n\n"
+    try:
+        for last in chunks:
+            yield last
+    except ProxyError as e:
+        # Start the frame on a fresh event, whatever the provider's last bytes were.
+        gap = b"" if last.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
+        yield gap + b"event: error\ndata: " + e.body(rid) + b"\n\n"
+    finally:
+        chunks.close()  # closes the provider connection when the client goes away

@@ -1,0 +1,173 @@
+"""One kept-alive requests.Session per provider: sending, reading and relaying provider answers."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http.cookiejar import DefaultCookiePolicy
+from typing import Any, Iterator, Mapping
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import ReadTimeoutError
+from urllib3.util.retry import Retry
+
+from config import PROVIDERS, SERVICES, USER_AGENT, Service, Settings
+from proxy.envelope import RawJSON, details_from, loads_strict, passed_headers
+from proxy.errors import (ExternalServiceError, NetworkError, ProxyError, UpstreamTimeoutError,
+                          client_status)
+from proxy.logs import RequestLog
+from proxy.translations import TRANSLATIONS
+
+_READ_SIZE = 64 * 1024
+
+
+@dataclass
+class Reply:
+    """A provider's 2xx answer: a checked JSON body, or the chunks of an event stream."""
+
+    headers: dict[str, str]
+    body: RawJSON | None = None
+    chunks: Iterator[bytes] | None = None
+
+
+def _session(settings: Settings) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies, no ~/.netrc rewriting Authorization
+    session.headers.clear()  # exactly the contract's header set, none of requests' defaults
+    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # store no cookie
+    retries = Retry(total=None, connect=settings.upstream_retries, read=False, redirect=False,
+                    status=0, other=0)  # read=False keeps a read timeout a Timeout (504)
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
+                          max_retries=retries)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _transport_error(exc: Exception, service: str) -> ProxyError:
+    """Classify a failure below HTTP (contract §4).
+
+    Timeouts are tested first: requests' ConnectTimeout is a ConnectionError as well as a
+    Timeout. A stall while reading the body surfaces as urllib3's ReadTimeoutError.
+    """
+    if isinstance(exc, (requests.Timeout, ReadTimeoutError)):
+        return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
+    return NetworkError(f"the connection to {service} failed", service=service)
+
+
+def _scrub(body: bytes, api_key: str) -> bytes:
+    """Mask the key should a provider ever echo it back: it must reach no client."""
+    key = api_key.encode()
+    return body.replace(key, b"[REDACTED]") if key in body else body
+
+
+class Upstream:
+    """The per-app pool: one Session per provider, URLs and headers built once at start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        self._sessions = {name: _session(settings) for name in PROVIDERS}
+        self._urls = {s.name: settings.base_urls[s.provider] + s.path for s in SERVICES.values()}
+        self._headers = {p.name: {**p.default_headers,
+                                  "Content-Type": "application/json",
+                                  "Accept-Encoding": "identity",  # relayed as it comes
+                                  "User-Agent": USER_AGENT}
+                         for p in PROVIDERS.values()}
+
+    def url(self, service: Service) -> str:
+        return self._urls[service.name]
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()
+
+    def forward(self, service: Service, api_key: str, payload: dict[str, Any],
+                options: Mapping[str, str], log: RequestLog) -> Reply:
+        """Send the payload; raise ProxyError for every answer but a usable 2xx."""
+        to_upstream, from_upstream = TRANSLATIONS.get(service.translation, (None, None))
+        sent = to_upstream(payload, self.settings.cohere_generate_model) if to_upstream else payload
+        wants_stream = service.streams and payload.get("stream") is True
+        response = self._send(service, api_key, sent, options, wants_stream)
+        status = log.upstream_status = response.status_code
+        headers = passed_headers(response.headers)
+        is_2xx = 200 <= status < 300
+        if is_2xx and wants_stream and _is_event_stream(response):
+            log.stream = True
+            return Reply(headers, chunks=self._relay(response, service, log))
+
+        body = _scrub(self._read(response, service), api_key)
+        try:
+            parsed = loads_strict(body)
+        except ValueError:
+            parsed = None
+        if is_2xx and parsed is None:
+            raise ExternalServiceError(f"{service.name} answered {status} without JSON",
+                                       service=service.name, upstream_status=status,
+                                       details=details_from(body, None), headers=headers)
+        if not is_2xx:
+            # 1xx and 3xx land here too: a redirect is never followed, it would carry the key.
+            raw = RawJSON(body) if parsed is not None else None
+            raise ExternalServiceError(f"{service.name} answered {status}", service=service.name,
+                                       status=client_status(status), upstream_status=status,
+                                       details=details_from(body, raw), headers=headers)
+        if from_upstream:
+            return Reply(headers, body=RawJSON(json.dumps(
+                from_upstream(parsed, payload["prompt"]), ensure_ascii=False).encode()))
+        return Reply(headers, body=RawJSON(body))
+
+    def _send(self, service: Service, api_key: str, payload: dict[str, Any],
+              options: Mapping[str, str], wants_stream: bool) -> requests.Response:
+        provider = PROVIDERS[service.provider]
+        headers = {**self._headers[provider.name],
+                   provider.auth_header: provider.auth_prefix + api_key,
+                   "Accept": "text/event-stream" if wants_stream else "application/json",
+                   **options}
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            return self._sessions[provider.name].post(
+                self._urls[service.name], data=body, headers=headers, timeout=self._timeout,
+                allow_redirects=False, stream=True)
+        except requests.RequestException as exc:
+            raise _transport_error(exc, service.name) from None
+
+    @staticmethod
+    def _read(response: requests.Response, service: Service) -> bytes:
+        try:
+            return response.raw.read(decode_content=True)
+        except (Urllib3Error, OSError) as exc:
+            raise _transport_error(exc, service.name) from None
+        finally:
+            response.close()  # a fully read connection is already back in the pool
+
+    @staticmethod
+    def _relay(response: requests.Response, service: Service, log: RequestLog) -> Iterator[bytes]:
+        """Yield the provider's bytes as they arrive, never waiting to fill a buffer.
+
+        A chunked answer is relayed chunk by chunk; any other, with read1, whatever the socket
+        holds. Closing this generator (the client went away) closes the provider connection.
+        """
+        raw = response.raw
+        try:
+            if raw.chunked:
+                chunks = raw.read_chunked(decode_content=True)
+            else:
+                chunks = iter(lambda: raw.read1(_READ_SIZE, decode_content=True) or b"", b"")
+            for chunk in chunks:
+                log.relayed(len(chunk))
+                yield chunk
+            log.ended = "completed"
+        except GeneratorExit:
+            log.ended = "client_gone"
+            raise
+        except (Urllib3Error, OSError) as exc:
+            log.ended = "upstream_error"
+            raise _transport_error(exc, service.name) from None
+        finally:
+            response.close()
+
+
+def _is_event_stream(response: requests.Response) -> bool:
+    # A compatible gateway that ignores stream=true answers JSON: treat that as a plain answer.
+    return response.headers.get("Content-Type", "").startswith("text/event-stream")
