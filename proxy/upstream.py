@@ -49,9 +49,11 @@ def _transport_error(exc: Exception, service: str) -> ProxyError:
     """Classify a failure below HTTP (contract §4).
 
     Timeouts are tested first: requests' ConnectTimeout is a ConnectionError as well as a
-    Timeout. A stall while reading the body surfaces as urllib3's ReadTimeoutError.
+    Timeout. A stall while reading a body surfaces as urllib3's ReadTimeoutError, bare from a
+    relay's raw reads, wrapped in a requests ConnectionError from `response.content`.
     """
-    if isinstance(exc, (requests.Timeout, ReadTimeoutError)):
+    cause = exc.args[0] if isinstance(exc, requests.ConnectionError) and exc.args else exc
+    if isinstance(exc, requests.Timeout) or isinstance(cause, ReadTimeoutError):
         return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
     return NetworkError(f"the connection to {service} failed", service=service)
 
@@ -135,8 +137,9 @@ class Upstream:
     @staticmethod
     def _read(response: requests.Response, service: Service) -> bytes:
         try:
-            return response.raw.read(decode_content=True)
-        except (Urllib3Error, OSError) as exc:
+            # .content, not raw: for a 3xx, Session.send has already read the body.
+            return response.content
+        except (requests.RequestException, Urllib3Error, OSError) as exc:
             raise _transport_error(exc, service.name) from None
         finally:
             response.close()  # a fully read connection is already back in the pool

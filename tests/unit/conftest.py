@@ -1,0 +1,80 @@
+"""Unit-tier fixtures: apps built from explicit Settings, providers faked with `responses`."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import responses
+from flask.testing import FlaskClient
+
+from app import create_app
+from config import PROVIDERS, Settings
+from proxy.logs import JsonFormatter
+from tests.conftest import FAKE_KEY
+
+# Each provider on its own loopback address and the closed port 9: even a request that
+# `responses` failed to intercept could never leave this machine.
+BASE_URLS = {"openai": "http://127.0.0.1:9/v1", "anthropic": "http://127.0.0.2:9",
+             "jina": "http://127.0.0.3:9/v1", "cohere": "http://127.0.0.4:9"}
+
+
+def make_settings(**overrides) -> Settings:
+    values = {"base_urls": dict(BASE_URLS), "upstream_retries": 0, "cors_origins": ()}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def service_url(name: str) -> str:
+    from config import SERVICES
+    service = SERVICES[name]
+    return BASE_URLS[service.provider] + service.path
+
+
+def body(service: str = "openai_chat", payload: dict | None = None, **extra) -> dict:
+    return {"target_service": service, "api_key": FAKE_KEY,
+            "payload": {"model": "m", "messages": []} if payload is None else payload, **extra}
+
+
+class SweptClient(FlaskClient):
+    """A test client that closes every response (so its log line is written) and checks
+    that the key is in none of them."""
+
+    def open(self, *args, **kwargs):
+        response = super().open(*args, **kwargs)
+        data = response.get_data()
+        response.close()
+        assert FAKE_KEY.encode() not in data
+        assert FAKE_KEY not in str(response.headers)
+        return response
+
+
+@pytest.fixture
+def app():
+    flask_app = create_app(make_settings())
+    flask_app.test_client_class = SweptClient
+    yield flask_app
+    flask_app.extensions["proxy"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def mocked():
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+@pytest.fixture(autouse=True)
+def no_key_in_logs(caplog):
+    """The secret sweep: at DEBUG, in every logger, the key appears in no record."""
+    caplog.set_level(logging.DEBUG)
+    yield
+    formatter = JsonFormatter()
+    for record in caplog.records:
+        assert FAKE_KEY not in formatter.format(record), record.name
+
+
+assert set(BASE_URLS) == set(PROVIDERS)

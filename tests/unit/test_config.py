@@ -1,0 +1,97 @@
+import os
+
+import pytest
+
+from app import create_app
+from config import PROVIDERS, ConfigError, Settings
+from tests.unit.conftest import make_settings
+
+
+def test_defaults_match_the_contract_table():
+    s = Settings.from_env({})
+    assert s.environment == "development"
+    assert s.port == 8000
+    assert s.web_concurrency == 2 * (os.cpu_count() or 1) + 1
+    assert s.gunicorn_worker_class == "gthread"
+    assert s.gunicorn_threads == 8
+    assert s.upstream_connect_timeout == 5.0
+    assert s.upstream_read_timeout == 300.0
+    assert s.upstream_pool_size == 32
+    assert s.upstream_retries == 2
+    assert s.max_request_bytes == 10485760
+    assert s.cors_origins == ("*",)
+    assert s.log_level == "INFO"
+    assert s.cohere_generate_model == "command-a-03-2025"
+    assert s.base_urls == {"openai": "https://api.openai.com/v1",
+                           "anthropic": "https://api.anthropic.com",
+                           "jina": "https://api.jina.ai/v1", "cohere": "https://api.cohere.com"}
+
+
+def test_every_variable_is_read():
+    s = Settings.from_env({
+        "ENVIRONMENT": "Production", "PORT": "5000", "WEB_CONCURRENCY": "3",
+        "GUNICORN_WORKER_CLASS": "gevent", "GUNICORN_THREADS": "4",
+        "UPSTREAM_CONNECT_TIMEOUT": "1.5", "UPSTREAM_READ_TIMEOUT": "60",
+        "UPSTREAM_POOL_SIZE": "8", "UPSTREAM_RETRIES": "0", "MAX_REQUEST_BYTES": "1000",
+        "CORS_ORIGINS": "https://a.example, https://b.example/", "LOG_LEVEL": "debug",
+        "COHERE_GENERATE_MODEL": "command-r7b-12-2024",
+        "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1/", "ANTHROPIC_BASE_URL": "http://[::1]:81",
+        "JINA_BASE_URL": "https://gw.example/jina", "CO_API_URL": "http://localhost:82"})
+    assert (s.environment, s.port, s.web_concurrency, s.gunicorn_worker_class) == (
+        "production", 5000, 3, "gevent")
+    assert (s.gunicorn_threads, s.upstream_connect_timeout, s.upstream_read_timeout) == (4, 1.5, 60)
+    assert (s.upstream_pool_size, s.upstream_retries, s.max_request_bytes) == (8, 0, 1000)
+    assert s.cors_origins == ("https://a.example", "https://b.example")
+    assert (s.log_level, s.cohere_generate_model) == ("DEBUG", "command-r7b-12-2024")
+    assert s.base_urls == {"openai": "http://127.0.0.1:8080/v1", "anthropic": "http://[::1]:81",
+                           "jina": "https://gw.example/jina", "cohere": "http://localhost:82"}
+
+
+@pytest.mark.parametrize(("environment", "origins"), [
+    ("development", ("*",)), ("staging", ()), ("production", ())])
+def test_cors_defaults_to_any_origin_only_in_development(environment, origins):
+    assert Settings.from_env({"ENVIRONMENT": environment}).cors_origins == origins
+
+
+def test_empty_cors_origins_turns_cors_off():
+    assert Settings.from_env({"CORS_ORIGINS": ""}).cors_origins == ()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("ENVIRONMENT", "prod"),
+    ("PORT", "http"), ("PORT", "0"), ("PORT", "70000"),
+    ("WEB_CONCURRENCY", "-1"), ("WEB_CONCURRENCY", "two"),
+    ("GUNICORN_WORKER_CLASS", "sync"), ("GUNICORN_THREADS", "0"),
+    ("UPSTREAM_CONNECT_TIMEOUT", "abc"), ("UPSTREAM_CONNECT_TIMEOUT", "0"),
+    ("UPSTREAM_READ_TIMEOUT", "-5"), ("UPSTREAM_READ_TIMEOUT", "inf"),
+    ("UPSTREAM_READ_TIMEOUT", "nan"),
+    ("UPSTREAM_POOL_SIZE", "0"), ("UPSTREAM_RETRIES", "-1"), ("UPSTREAM_RETRIES", "1.5"),
+    ("MAX_REQUEST_BYTES", "10MB"), ("LOG_LEVEL", "LOUD"),
+    *[(p.base_url_env, bad) for p in PROVIDERS.values()
+      for bad in ("ftp://x.example", "api.openai.com", "http://", "http://h/?q=1")],
+])
+def test_bad_value_raises_config_error_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert str(caught.value).startswith(f"{name} must be")
+    assert repr(value) in str(caught.value)
+
+
+def test_blank_value_means_default():
+    assert Settings.from_env({"PORT": " ", "OPENAI_BASE_URL": ""}).port == 8000
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_factory_takes_its_settings():
+    app = create_app(make_settings(max_request_bytes=123))
+    assert app.extensions["proxy"].settings.max_request_bytes == 123
+    app.extensions["proxy"].close()
+
+
+def test_two_apps_do_not_share_a_pool():
+    a, b = create_app(make_settings()), create_app(make_settings())
+    assert a.extensions["proxy"] is not b.extensions["proxy"]

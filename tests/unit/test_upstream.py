@@ -1,0 +1,174 @@
+import json
+import pytest
+import requests
+import urllib3.exceptions
+
+from config import SERVICES
+from proxy.errors import client_status
+from proxy.upstream import Upstream, _transport_error
+from tests.conftest import FAKE_KEY
+from tests.unit.conftest import body, make_settings, service_url
+
+URL = service_url("openai_chat")
+
+
+def post(client, **extra):
+    return client.post("/api/proxy/external", json=body(**extra))
+
+
+# One row per line of the contract's error table for provider answers.
+@pytest.mark.parametrize(("upstream", "client_gets"), [
+    (400, 400), (401, 401), (402, 402), (403, 403), (404, 404), (408, 408), (409, 409),
+    (413, 413), (422, 422), (429, 429), (498, 498), (499, 499),
+    (500, 502), (502, 502), (503, 502), (504, 502), (529, 502),
+    (301, 502), (302, 502), (307, 502), (308, 502),
+])
+def test_provider_status_maps_to_client_status(client, mocked, upstream, client_gets):
+    mocked.post(URL, status=upstream, json={"error": {"message": "nope", "type": "x"}},
+                headers={"Location": "http://127.0.0.9:9/elsewhere"})
+    response = post(client)
+    assert response.status_code == client_gets
+    error = response.get_json()["error"]
+    assert error == {"code": "EXTERNAL_SERVICE_ERROR", "message": f"openai_chat answered {upstream}",
+                     "service": "openai_chat", "upstreamStatus": upstream,
+                     "details": {"error": {"message": "nope", "type": "x"}}}
+    assert len(mocked.calls) == 1  # a redirect is never followed
+
+
+@pytest.mark.parametrize("status", range(400, 600))
+def test_client_status_is_a_pure_function_of_the_number(status):
+    assert client_status(status) == (status if status < 500 else 502)
+
+
+@pytest.mark.parametrize(("exc", "status", "code"), [
+    (requests.exceptions.ConnectTimeout(), 504, "UPSTREAM_TIMEOUT"),
+    (requests.exceptions.ReadTimeout(), 504, "UPSTREAM_TIMEOUT"),
+    (requests.exceptions.ConnectionError(), 502, "NETWORK_ERROR"),
+    (requests.exceptions.ChunkedEncodingError(), 502, "NETWORK_ERROR"),
+    (requests.exceptions.SSLError(), 502, "NETWORK_ERROR"),
+    (requests.exceptions.ProxyError(), 502, "NETWORK_ERROR"),
+])
+def test_transport_failure_maps_to_its_code(client, mocked, exc, status, code):
+    mocked.post(URL, body=exc)
+    response = post(client)
+    assert response.status_code == status
+    assert response.get_json()["error"] == {
+        "code": code, "service": "openai_chat",
+        "message": ("openai_chat did not answer in time" if status == 504
+                    else "the connection to openai_chat failed")}
+
+
+@pytest.mark.parametrize(("exc", "code"), [
+    (urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), "UPSTREAM_TIMEOUT"),
+    (urllib3.exceptions.ProtocolError("Connection broken: IncompleteRead"), "NETWORK_ERROR"),
+    (ConnectionResetError(104, "reset"), "NETWORK_ERROR"),
+    (requests.ConnectionError(urllib3.exceptions.ReadTimeoutError(None, "/", "t")),
+     "UPSTREAM_TIMEOUT"),
+    (requests.ConnectionError(urllib3.exceptions.ProtocolError("reset")), "NETWORK_ERROR"),
+])
+def test_failures_while_reading_the_body_are_classified(exc, code):
+    assert _transport_error(exc, "openai_chat").code == code
+
+
+def test_success_data_is_the_provider_body_byte_for_byte(client, mocked):
+    raw = b'{"b": 1e-05, "a": [1.0, 2.50], "u": "\\u00e9t\xc3\xa9",  "n": 12345678901234567890}'
+    mocked.post(URL, body=raw, content_type="application/json")
+    response = post(client)
+    assert response.status_code == 200
+    rid = response.headers["X-Request-ID"]
+    assert response.data == b'{"success":true,"data":' + raw + b',"requestId":"' + rid.encode() + b'"}'
+    assert response.get_json()["data"]["b"] == 1e-05
+
+
+@pytest.mark.parametrize("raw", [b"", b"<html>oops</html>", b'{"a": NaN}', b'{"a":', b"\xff\xfe"])
+def test_2xx_without_valid_json_is_502(client, mocked, raw):
+    mocked.post(URL, body=raw, status=200)
+    response = post(client)
+    assert response.status_code == 502
+    error = response.get_json()["error"]
+    assert (error["code"], error["upstreamStatus"]) == ("EXTERNAL_SERVICE_ERROR", 200)
+
+
+def test_non_json_error_body_is_text_cut_to_2kb(client, mocked):
+    mocked.post(URL, status=503, body="é" * 3000, content_type="text/html")
+    details = post(client).get_json()["error"]["details"]
+    assert isinstance(details, str) and details == "é" * 1024
+    assert len(details.encode()) <= 2048
+
+
+def test_provider_error_body_is_passed_as_sent(client, mocked):
+    raw = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"r1"}'
+    mocked.post(service_url("anthropic_claude"), status=529, body=raw)
+    response = post(client, service="anthropic_claude")
+    assert response.status_code == 502
+    assert b'"details":' + raw + b"}" in response.data
+
+
+def test_rate_limit_headers_and_request_id_pass_through_on_errors(client, mocked):
+    mocked.post(URL, status=429, json={"error": {}}, headers={
+        "Retry-After": "7", "retry-after-ms": "7000", "x-ratelimit-remaining-requests": "0",
+        "x-should-retry": "true", "x-request-id": "req_up_1", "Set-Cookie": "s=1",
+        "Server": "cloudflare", "openai-processing-ms": "12"})
+    response = post(client)
+    assert response.status_code == 429
+    h = response.headers
+    assert (h["Retry-After"], h["retry-after-ms"], h["x-ratelimit-remaining-requests"]) == (
+        "7", "7000", "0")
+    assert (h["x-should-retry"], h["X-Upstream-Request-ID"]) == ("true", "req_up_1")
+    assert "Set-Cookie" not in h and "openai-processing-ms" not in h
+    assert h.get("Server") != "cloudflare"
+
+
+def test_anthropic_headers_pass_through_on_success(client, mocked):
+    mocked.post(service_url("anthropic_claude"), json={"id": "msg"}, headers={
+        "anthropic-ratelimit-requests-remaining": "49", "request-id": "req_011",
+        "Set-Cookie": "__cf_bm=abc"})
+    response = post(client, service="anthropic_claude")
+    assert response.headers["anthropic-ratelimit-requests-remaining"] == "49"
+    assert response.headers["X-Upstream-Request-ID"] == "req_011"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_provider_cookies_are_never_stored_or_sent_back(client, app, mocked):
+    mocked.post(URL, json={}, headers={"Set-Cookie": "session=abc; Path=/"})
+    mocked.post(URL, json={})
+    post(client)
+    post(client)
+    assert "Cookie" not in mocked.calls[1].request.headers
+    for session in app.extensions["proxy"]._sessions.values():
+        assert len(session.cookies) == 0
+
+
+def test_sessions_ignore_the_environment_and_spell_out_retries():
+    upstream = Upstream(make_settings(upstream_retries=3, upstream_pool_size=5))
+    for session in upstream._sessions.values():
+        assert session.trust_env is False
+        assert dict(session.headers) == {}
+        adapter = session.get_adapter("https://api.openai.com/")
+        assert adapter._pool_maxsize == 5
+        retry = adapter.max_retries
+        assert (retry.connect, retry.read, retry.redirect, retry.status) == (3, False, False, 0)
+    upstream.close()
+
+
+def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
+    mocked.post(URL, status=401, json={"error": {"message": f"Incorrect API key {FAKE_KEY}"}})
+    response = post(client)
+    assert response.get_json()["error"]["details"]["error"]["message"] == (
+        "Incorrect API key [REDACTED]")
+
+
+def test_payload_is_sent_as_compact_json(client, mocked):
+    mocked.post(URL, json={})
+    post(client, payload={"model": "m", "temperature": 1e-05, "text": "é"})
+    assert json.loads(mocked.calls[0].request.body) == {
+        "model": "m", "temperature": 1e-05, "text": "é"}
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if not s.streams
+                                  and n != "cohere_generate"])
+def test_stream_flag_on_a_service_that_does_not_stream_gets_a_plain_answer(client, mocked, name):
+    mocked.post(service_url(name), json={"object": "list"})
+    response = post(client, service=name, payload={"input": "x", "stream": True})
+    assert response.get_json()["data"] == {"object": "list"}
+    assert mocked.calls[0].request.headers["Accept"] == "application/json"
