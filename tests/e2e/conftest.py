@@ -1,0 +1,131 @@
+"""End-to-end fixtures: the real service under gunicorn, against stand-in providers, on loopback."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import FAKE_KEY
+from tests.e2e.upstream import Blackhole, Upstream
+
+REPO = Path(__file__).resolve().parents[2]
+STARTED: list["RunningService"] = []
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_urls(root: str) -> dict[str, str]:
+    """Every provider's base-URL variable pointed at one stand-in, each under its own prefix."""
+    return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
+            "JINA_BASE_URL": f"{root}/jina/v1", "CO_API_URL": f"{root}/cohere"}
+
+
+class RunningService:
+    """gunicorn in a subprocess on 127.0.0.1 (the -b flag overrides the config's bind)."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "service.log"
+        full_env = {**os.environ, "LOG_LEVEL": "DEBUG", "WEB_CONCURRENCY": "2",
+                    "UPSTREAM_CONNECT_TIMEOUT": "0.5", "UPSTREAM_READ_TIMEOUT": "1",
+                    "UPSTREAM_RETRIES": "1",
+                    # gunicorn 27's control socket lives here: one per instance.
+                    "XDG_RUNTIME_DIR": str(workdir), **env}
+        full_env.pop("GUNICORN_CMD_ARGS", None)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                 "-b", f"127.0.0.1:{self.port}", "app:app"],
+                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_until_ready()
+
+    def _wait_until_ready(self, deadline_s: float = 15) -> None:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                if requests.get(f"{self.url}/api/proxy/health", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"service did not start; log tail:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def post(self, body: dict, **kwargs) -> requests.Response:
+        return requests.post(f"{self.url}/api/proxy/external", json=body,
+                             timeout=kwargs.pop("timeout", 10), **kwargs)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_service(workdir: Path, env: dict[str, str]) -> RunningService:
+    service = RunningService(workdir, env)
+    STARTED.append(service)
+    return service
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    with Upstream() as stand_in:
+        yield stand_in
+
+
+@pytest.fixture(scope="session", params=["gthread"])
+def service(request, upstream, tmp_path_factory):
+    running = start_service(tmp_path_factory.mktemp(request.param),
+                            {**base_urls(upstream.url), "GUNICORN_WORKER_CLASS": request.param})
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def refused_service(tmp_path_factory):
+    running = start_service(tmp_path_factory.mktemp("refused"),
+                            base_urls(f"http://127.0.0.1:{free_port()}"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def blackhole_service(tmp_path_factory):
+    hole = Blackhole()
+    running = start_service(tmp_path_factory.mktemp("blackhole"), base_urls(hole.url))
+    yield running
+    running.stop()
+    hole.close()
+
+
+@pytest.fixture(autouse=True)
+def service_logs_hold_no_key_and_only_json():
+    """After every e2e test: nothing any service printed (at DEBUG) holds the key, and every
+    line is one JSON object."""
+    yield
+    for running in STARTED:
+        text = running.log()
+        assert FAKE_KEY not in text, running.log_path
+        for line in text.splitlines():
+            assert isinstance(json.loads(line), dict), line

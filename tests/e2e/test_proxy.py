@@ -1,0 +1,172 @@
+"""The contract over real sockets: headers on the wire, statuses, faults, limits."""
+import http.client
+import json
+import time
+
+import pytest
+import requests
+
+from config import PROVIDERS, SERVICES, USER_AGENT
+from tests.conftest import FAKE_KEY
+
+
+def body(service="openai_chat", **payload):
+    return {"target_service": service, "api_key": FAKE_KEY,
+            "payload": {"model": "m", **payload}}
+
+
+EXPECTED_PATH = {"openai_chat": "/v1/chat/completions", "openai_responses": "/v1/responses",
+                 "openai_embedding": "/v1/embeddings", "anthropic_claude": "/v1/messages",
+                 "jina_embedding": "/jina/v1/embeddings", "cohere_generate": "/cohere/v2/chat",
+                 "cohere_chat": "/cohere/v2/chat", "cohere_embed": "/cohere/v2/embed"}
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_stand_in_sees_the_right_path_and_exactly_the_contract_headers(service, upstream, name):
+    provider = PROVIDERS[SERVICES[name].provider]
+    payload = ({"prompt": "hi"} if name == "cohere_generate" else
+               {"stub": "json", "answer": {"id": "x", "message": {"content": []}}})
+    sent = {"target_service": name, "api_key": FAKE_KEY, "payload": payload}
+    response = service.post(sent, headers={"Cookie": "c=1", "Authorization": "Bearer t",
+                                           "X-Forwarded-For": "10.0.0.1",
+                                           "OpenAI-Organization": "org-1"})
+    assert response.status_code == 200, response.text
+    seen = upstream.last()
+    assert seen["path"] == EXPECTED_PATH[name]
+    headers = dict(seen["headers"])
+    expected = {"Host", "Content-Length", "Content-Type", "Accept", "Accept-Encoding",
+                "User-Agent", provider.auth_header, *provider.default_headers}
+    if provider.name == "openai":
+        expected.add("OpenAI-Organization")
+    assert set(headers) == expected
+    assert headers[provider.auth_header] == provider.auth_prefix + FAKE_KEY
+    assert headers["User-Agent"] == USER_AGENT
+    assert headers["Accept-Encoding"] == "identity"
+
+
+def test_upstream_connections_are_kept_alive(service, upstream):
+    with requests.Session() as client:  # one client connection: one worker
+        for _ in range(3):
+            assert client.post(f"{service.url}/api/proxy/external", json=body(),
+                               timeout=5).status_code == 200
+    assert len({r["port"] for r in upstream.requests[-3:]}) == 1
+
+
+def test_data_is_the_provider_body_byte_for_byte(service):
+    raw = '{"x": 1e-05, "y": [1.0, 2.50], "z": "\\u00e9"}'
+    response = service.post(body(stub="json", answer_raw=raw))
+    rid = response.headers["X-Request-ID"]
+    assert response.content == ('{"success":true,"data":' + raw + ',"requestId":"' + rid +
+                                '"}').encode()
+
+
+@pytest.mark.parametrize(("status", "client_status"), [
+    (400, 400), (401, 401), (403, 403), (404, 404), (422, 422), (429, 429),
+    (500, 502), (503, 502), (529, 502)])
+def test_provider_status_reaches_the_client_as_the_contract_says(service, status, client_status):
+    response = service.post(body(stub="status", status=status, headers={
+        "Retry-After": "2", "x-request-id": "up-1", "Set-Cookie": "a=b"}))
+    assert response.status_code == client_status
+    error = response.json()["error"]
+    assert (error["code"], error["upstreamStatus"]) == ("EXTERNAL_SERVICE_ERROR", status)
+    assert error["details"] == {"error": {"message": "scripted"}}
+    assert response.headers["Retry-After"] == "2"
+    assert response.headers["X-Upstream-Request-ID"] == "up-1"
+    assert "Set-Cookie" not in response.headers
+
+
+def test_redirect_is_not_followed_and_the_key_stays_home(service, upstream):
+    before = len(upstream.requests)
+    response = service.post(body(stub="redirect"))
+    assert response.status_code == 502
+    assert response.json()["error"]["upstreamStatus"] == 302
+    assert [r["path"] for r in upstream.requests[before:]] == ["/v1/chat/completions"]
+
+
+def test_connection_refused_is_network_error(refused_service):
+    response = refused_service.post(body())
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "NETWORK_ERROR"
+
+
+def test_connect_timeout_is_upstream_timeout_504(blackhole_service):
+    started = time.monotonic()
+    response = blackhole_service.post(body())
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
+    assert elapsed < 5  # 0.5 s connect timeout, one retry
+
+
+def test_no_first_byte_within_read_timeout_is_504(service):
+    started = time.monotonic()
+    response = service.post(body(stub="slow", delay=3))
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
+    assert time.monotonic() - started < 2.5  # the 1 s read timeout, not the 3 s delay
+
+
+def test_stall_mid_body_is_504(service):
+    response = service.post(body(stub="stall", delay=3))
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
+
+
+@pytest.mark.parametrize("stub", ["reset", "truncated"])
+def test_reset_or_cut_short_is_network_error(service, stub):
+    response = service.post(body(stub=stub))
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "NETWORK_ERROR"
+
+
+def test_body_over_the_limit_is_413_with_content_length(service, upstream):
+    before = len(upstream.requests)
+    response = service.post(body(input="x" * (10 * 1024 * 1024 + 1)))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert len(upstream.requests) == before
+
+
+def test_chunked_body_over_the_limit_is_413(service, upstream):
+    before = len(upstream.requests)
+    piece = b"x" * (1024 * 1024)
+
+    def chunks():
+        yield b'{"target_service": "openai_chat", "api_key": "k", "payload": {"input": "'
+        for _ in range(11):
+            yield piece
+        yield b'"}}'
+
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.request("POST", "/api/proxy/external", body=chunks(), encode_chunked=True,
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    response = conn.getresponse()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    conn.close()
+    assert len(upstream.requests) == before
+
+
+def test_small_chunked_body_is_accepted(service):
+    data = json.dumps(body()).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.request("POST", "/api/proxy/external", body=iter([data[:10], data[10:]]),
+                 encode_chunked=True, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    conn.close()
+
+
+def test_one_summary_line_per_request_in_json(service):
+    response = service.post(body(stub="json"), headers={"X-Request-ID": "e2e-log-1"})
+    assert response.status_code == 200
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in service.log().splitlines()
+             if '"e2e-log-1"' in line and '"proxied request"' in line]
+    assert len(lines) == 1
+    line = lines[0]
+    assert set(line) >= {"level", "message", "timestamp", "requestId", "targetService", "url",
+                         "payloadKeys", "status", "upstreamStatus", "durationMs", "stream"}
+    assert (line["status"], line["upstreamStatus"], line["stream"]) == (200, 200, False)
+    assert line["payloadKeys"] == ["model", "stub"]
+    assert line["url"].endswith("/v1/chat/completions")

@@ -1,0 +1,205 @@
+"""A stand-in provider on 127.0.0.1, scripted per request by a `stub` key in the payload.
+
+The proxy forwards the payload untouched, so a test chooses the behaviour it needs:
+`{"stub": "sse", "events": [...], "interval": 0.05}`. Every request is recorded with its
+path, headers (in order), body and client port, for assertions.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+# What Cohere's /v2/chat answers: cohere_generate's translated request gets this.
+COHERE_CHAT_ANSWER = {
+    "id": "chat-1", "finish_reason": "COMPLETE",
+    "message": {"role": "assistant", "content": [{"type": "text", "text": "Hi!"}]},
+    "usage": {"billed_units": {"input_tokens": 2, "output_tokens": 2}}}
+
+
+class Recorded(dict):
+    """One request as the stand-in saw it: path, headers, body, port."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as real providers
+    server: "_Server"
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        self.server.stub.record(self, b"", {})
+        self._send(200, b'{"redirected": true}')
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        payload = json.loads(raw) if raw else {}
+        self.server.stub.record(self, raw, payload)
+        getattr(self, "_" + payload.get("stub", "json"))(payload)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _send(self, status: int, body: bytes, headers: dict | None = None,
+              content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _reset_connection(self) -> None:
+        # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+        self.close_connection = True
+
+    # -- behaviours, one per `stub` value ----------------------------------------------------
+    def _json(self, payload: dict) -> None:
+        body = payload.get("answer_raw")
+        if body is None:
+            default = COHERE_CHAT_ANSWER if self.path.endswith("/v2/chat") else {
+                "ok": True, "path": self.path}
+            body = json.dumps(payload.get("answer", default))
+        self._send(200, body.encode(), payload.get("headers"))
+
+    def _status(self, payload: dict) -> None:
+        body = payload.get("body", {"error": {"message": "scripted"}})
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        self._send(payload["status"], raw, payload.get("headers"),
+                   payload.get("content_type", "application/json"))
+
+    def _slow(self, payload: dict) -> None:
+        time.sleep(payload["delay"])
+        self._json({})
+
+    def _reset(self, payload: dict) -> None:
+        self._reset_connection()
+
+    def _truncated(self, payload: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"partial": ')
+        self.wfile.flush()
+        self.close_connection = True
+
+    def _stall(self, payload: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b'{"partial": ')
+        self.wfile.flush()
+        time.sleep(payload["delay"])
+        self.close_connection = True
+
+    def _redirect(self, payload: dict) -> None:
+        self._send(payload.get("status", 302), b'{"moved": true}',
+                   {"Location": f"{self.server.stub.url}/redirected"})
+
+    def _sse(self, payload: dict) -> None:
+        """Chunked SSE: each event in its own chunk, `interval` apart; then `then`."""
+        self.send_response(200)
+        self.send_header("Content-Type", payload.get("content_type", "text/event-stream"))
+        self.send_header("Transfer-Encoding", "chunked")
+        for name, value in payload.get("headers", {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        sent = self.server.stub.sent.setdefault(payload.get("id", ""), [])
+        try:
+            for i, event in enumerate(payload["events"]):
+                if i:
+                    time.sleep(payload.get("interval", 0))
+                self._chunk(event.encode())
+                sent.append((time.monotonic(), event))
+            then = payload.get("then")
+            if then == "reset":
+                self._reset_connection()
+            elif then == "stall":
+                time.sleep(payload["delay"])
+                self.close_connection = True
+            else:
+                self._chunk(b"")
+        except OSError:
+            self.close_connection = True
+
+    def _sse_forever(self, payload: dict) -> None:
+        """Events every `interval` until the proxy closes the connection; records when."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.monotonic() + payload.get("limit", 10)
+        try:
+            while time.monotonic() < deadline:
+                self._chunk(b'data: {"delta": "token"}\n\n')
+                time.sleep(payload.get("interval", 0.05))
+        except OSError:
+            self.server.stub.closed[payload["id"]] = time.monotonic()
+        self.close_connection = True
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    stub: "Upstream"
+
+
+class Upstream:
+    """The stand-in: `with Upstream() as up: up.url` ... `up.requests`."""
+
+    def __init__(self) -> None:
+        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server.stub = self
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.requests: list[Recorded] = []
+        self.sent: dict[str, list] = {}  # stream id -> [(time, event)]
+        self.closed: dict[str, float] = {}  # stream id -> when the proxy hung up
+        self._lock = threading.Lock()
+
+    def record(self, handler: BaseHTTPRequestHandler, raw: bytes, payload: dict) -> None:
+        with self._lock:
+            self.requests.append(Recorded(
+                path=handler.path, headers=list(handler.headers.items()), body=raw,
+                payload=payload, port=handler.client_address[1]))
+
+    def last(self) -> Recorded:
+        return self.requests[-1]
+
+    def __enter__(self) -> "Upstream":
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class Blackhole:
+    """A loopback listener whose accept queue is full: new connections time out."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(0)
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._fillers = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(self._server.getsockname())
+            self._fillers.append(filler)
+
+    def close(self) -> None:
+        for sock in [*self._fillers, self._server]:
+            sock.close()
