@@ -1,0 +1,37 @@
+"""openapi.yaml must agree with the code it describes."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from config import SERVICES
+from proxy import errors
+
+SPEC = yaml.safe_load((Path(__file__).resolve().parents[2] / "openapi.yaml").read_text())
+SCHEMAS = SPEC["components"]["schemas"]
+
+
+def test_spec_is_openapi_3_1_with_the_three_routes():
+    assert SPEC["openapi"] == "3.1.0"
+    assert set(SPEC["paths"]) == {"/api/proxy/external", "/api/proxy/health",
+                                  "/api/proxy/services"}
+
+
+def test_service_names_are_the_registry():
+    assert SCHEMAS["ServiceName"]["enum"] == sorted(SERVICES)
+
+
+def test_error_codes_are_the_error_classes_and_routing_codes():
+    codes = {cls.code for cls in vars(errors).values()
+             if isinstance(cls, type) and issubclass(cls, errors.ProxyError)}
+    assert set(SCHEMAS["ErrorCode"]["enum"]) == codes | {"NOT_FOUND", "METHOD_NOT_ALLOWED"}
+
+
+@pytest.mark.parametrize("status", ["400", "404", "405", "413", "429", "500", "502", "504"])
+def test_forward_documents_each_error_status(status):
+    assert status in SPEC["paths"]["/api/proxy/external"]["post"]["responses"]
+
+
+def test_request_fields_are_the_schema_fields():
+    from proxy.schemas import ProxyRequestSchema
+    assert set(SCHEMAS["ProxyRequest"]["properties"]) == set(ProxyRequestSchema().fields)
