@@ -7,9 +7,10 @@ from flask import Flask
 from flask_cors import CORS
 
 from config import ConfigError, Settings
-from proxy import bp, envelope
+from proxy import envelope
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
+from proxy.routes import bp
 from proxy.upstream import Upstream
 
 # Provider option headers and our own, so browsers may send them and read the answers.

@@ -1,4 +1,5 @@
-"""The proxy blueprint and the modules behind it."""
-from proxy.routes import bp
+"""The proxy: blueprint (proxy.routes) and the modules behind it.
 
-__all__ = ["bp"]
+Deliberately empty: gunicorn.conf.py imports proxy.logs in the master, and re-exporting the
+blueprint here would import requests and ssl there before the gevent worker can patch them.
+"""

@@ -40,6 +40,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines, once per process."""
+    logging.captureWarnings(True)  # Python warnings become JSON lines too
     root = logging.getLogger()
     root.setLevel(level)
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):

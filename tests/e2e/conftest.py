@@ -94,7 +94,7 @@ def upstream():
         yield stand_in
 
 
-@pytest.fixture(scope="session", params=["gthread"])
+@pytest.fixture(scope="session", params=["gthread", "gevent"])
 def service(request, upstream, tmp_path_factory):
     running = start_service(tmp_path_factory.mktemp(request.param),
                             {**base_urls(upstream.url), "GUNICORN_WORKER_CLASS": request.param})

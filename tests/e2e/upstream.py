@@ -124,6 +124,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._chunk(event.encode())
                 sent.append((time.monotonic(), event))
             then = payload.get("then")
+            if then:
+                # Let the proxy read what was sent: an RST purges unread data in the kernel.
+                time.sleep(0.2)
             if then == "reset":
                 self._reset_connection()
             elif then == "stall":

@@ -1,0 +1,208 @@
+"""Streaming over real sockets (contract §6), under each worker class of the `service` fixture."""
+import json
+import socket
+import time
+import uuid
+
+import pytest
+import requests
+
+from tests.conftest import FAKE_KEY
+
+# Twenty events per service, in each provider's own format (providers.md).
+FORMATS = {
+    "openai_chat": [f'data: {{"id":"c1","choices":[{{"index":0,"delta":{{"content":"t{i}"}}}}]}}\n\n'
+                    for i in range(19)] + ["data: [DONE]\n\n"],
+    "openai_responses": ['event: response.created\ndata: {"type":"response.created"}\n\n'] + [
+        f'event: response.output_text.delta\ndata: {{"type":"response.output_text.delta","delta":"t{i}"}}\n\n'
+        for i in range(18)] + ['event: response.completed\ndata: {"type":"response.completed"}\n\n'],
+    "anthropic_claude": ['event: message_start\ndata: {"type":"message_start"}\n\n',
+                         "event: ping\ndata: {\"type\": \"ping\"}\n\n"] + [
+        f'event: content_block_delta\ndata: {{"type":"content_block_delta","delta":{{"text":"t{i}"}}}}\n\n'
+        for i in range(17)] + ['event: message_stop\ndata: {"type":"message_stop"}\n\n'],
+    "cohere_chat": ['event: message-start\ndata: {"type":"message-start"}\n\n'] + [
+        f'event: content-delta\ndata: {{"type":"content-delta","delta":{{"message":{{"content":{{"text":"t{i}"}}}}}}}}\n\n'
+        for i in range(18)] + ['event: message-end\ndata: {"type":"message-end"}\n\n'],
+}
+
+
+def stream_body(service, **stub):
+    payload = {"model": "m", "stream": True, "stub": "sse", **stub}
+    return {"target_service": service, "api_key": FAKE_KEY, "payload": payload}
+
+
+def read_stream(service, body):
+    """POST and read the answer chunk by chunk; returns (response, [(arrival, bytes)])."""
+    started = time.monotonic()
+    response = requests.post(f"{service.url}/api/proxy/external", json=body, stream=True,
+                             timeout=10)
+    chunks = [(time.monotonic() - started, chunk)
+              for chunk in response.iter_content(chunk_size=None)]
+    return response, chunks, started
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_stream_is_relayed_unchanged_as_it_arrives(service, upstream, name):
+    events = FORMATS[name]
+    stream_id = uuid.uuid4().hex
+    response, chunks, started = read_stream(
+        service, stream_body(name, events=events, interval=0.05, id=stream_id))
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert response.headers["X-Request-ID"]
+    assert b"".join(c for _, c in chunks) == "".join(events).encode()
+    first_arrival = chunks[0][0]
+    last_sent = upstream.sent[stream_id][-1][0] - started
+    assert first_arrival < 0.2, first_arrival  # the stand-in takes ~1 s to send all 20
+    assert first_arrival < last_sent - 0.5
+    assert len(chunks) >= 10  # relayed event by event, not gathered
+
+
+def test_provider_error_frames_inside_a_200_stream_pass_untouched(service):
+    events = ['event: message_start\ndata: {"type":"message_start"}\n\n',
+              'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+              '"message":"Overloaded"}}\n\n']
+    response, chunks, _ = read_stream(service, stream_body("anthropic_claude", events=events))
+    assert response.status_code == 200
+    assert b"".join(c for _, c in chunks) == "".join(events).encode()
+
+
+def test_openai_error_data_frame_passes_untouched(service):
+    events = ['data: {"choices":[{"delta":{"content":"a"}}]}\n\n',
+              'data: {"error":{"message":"server error","type":"server_error"}}\n\n']
+    response, chunks, _ = read_stream(service, stream_body("openai_chat", events=events))
+    assert b"".join(c for _, c in chunks) == "".join(events).encode()
+
+
+def error_frame(data: bytes) -> dict:
+    head, _, frame = data.rpartition(b"event: error\ndata: ")
+    assert frame.endswith(b"\n\n") and frame.count(b"\n") == 2
+    return json.loads(frame)
+
+
+@pytest.mark.parametrize(("then", "code"), [("reset", "NETWORK_ERROR"),
+                                            ("stall", "UPSTREAM_TIMEOUT")])
+def test_mid_stream_failure_ends_with_one_error_event(service, then, code):
+    events = FORMATS["openai_chat"][:3]
+    started = time.monotonic()
+    response, chunks, _ = read_stream(
+        service, stream_body("openai_chat", events=events, then=then, delay=3))
+    data = b"".join(c for _, c in chunks)
+    assert response.status_code == 200
+    assert data.startswith("".join(events).encode())
+    assert data.count(b"event: error") == 1
+    envelope = error_frame(data)
+    assert envelope["success"] is False
+    assert envelope["error"]["code"] == code
+    assert envelope["requestId"] == response.headers["X-Request-ID"]
+    assert time.monotonic() - started < 2.5  # a stall ends at the 1 s read timeout
+
+
+def test_mid_event_break_starts_the_error_frame_on_a_fresh_event(service):
+    events = ['data: {"choices":[{"delta":{"content":"a"}}]}\n\n', 'data: {"choices":[{"del']
+    response, chunks, _ = read_stream(
+        service, stream_body("openai_chat", events=events, then="reset"))
+    data = b"".join(c for _, c in chunks)
+    assert data.startswith("".join(events).encode() + b"\n\nevent: error\ndata: ")
+    assert error_frame(data)["error"]["code"] == "NETWORK_ERROR"
+
+
+def test_error_status_before_the_stream_is_the_json_envelope(service):
+    body = {"target_service": "anthropic_claude", "api_key": FAKE_KEY,
+            "payload": {"stream": True, "stub": "status", "status": 429,
+                        "headers": {"retry-after": "9"},
+                        "body": {"type": "error", "error": {"type": "rate_limit_error"}}}}
+    response = requests.post(f"{service.url}/api/proxy/external", json=body, timeout=10)
+    assert response.status_code == 429
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.headers["retry-after"] == "9"
+    assert response.json()["error"]["details"]["error"]["type"] == "rate_limit_error"
+
+
+def hang_up_after_first_event(service, stream_id):
+    body = json.dumps({"target_service": "openai_chat", "api_key": FAKE_KEY,
+                       "payload": {"stream": True, "stub": "sse_forever", "id": stream_id,
+                                   "interval": 0.05}}).encode()
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=5)
+    sock.sendall(b"POST /api/proxy/external HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert b"data: " in sock.recv(65536) or b"data: " in sock.recv(65536)
+    sock.close()
+    return time.monotonic()
+
+
+def test_client_hang_up_closes_the_provider_connection_within_a_second(service, upstream):
+    stream_id = uuid.uuid4().hex
+    hung_up = hang_up_after_first_event(service, stream_id)
+    deadline = hung_up + 3
+    while stream_id not in upstream.closed and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert stream_id in upstream.closed, "the provider connection stayed open"
+    assert upstream.closed[stream_id] - hung_up < 1.0
+
+
+def test_abandoned_streams_free_their_workers(service, upstream):
+    # More abandoned streams than the default 2 workers x 8 threads hold at once.
+    ids = [uuid.uuid4().hex for _ in range(24)]
+    for stream_id in ids:
+        hang_up_after_first_event(service, stream_id)
+    deadline = time.monotonic() + 5
+    while not all(i in upstream.closed for i in ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(i in upstream.closed for i in ids)
+    response = requests.get(f"{service.url}/api/proxy/health", timeout=2)
+    assert response.status_code == 200
+
+
+def summary_line(service, rid):
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        for line in service.log().splitlines():
+            if f'"{rid}"' in line and '"proxied request"' in line:
+                return json.loads(line)
+        time.sleep(0.05)
+    raise AssertionError(f"no summary line for {rid}")
+
+
+@pytest.mark.parametrize(("stub", "ended"), [({}, "completed"), ({"then": "reset"}, "upstream_error")])
+def test_one_log_line_per_stream_says_how_it_ended(service, stub, ended):
+    events = FORMATS["cohere_chat"][:4]
+    rid = "stream-" + uuid.uuid4().hex
+    response = requests.post(f"{service.url}/api/proxy/external", timeout=10,
+                             json=stream_body("cohere_chat", events=events, **stub),
+                             headers={"X-Request-ID": rid})
+    assert response.status_code == 200
+    line = summary_line(service, rid)
+    assert (line["stream"], line["status"], line["upstreamStatus"], line["ended"]) == (
+        True, 200, 200, ended)
+    assert line["bytesRelayed"] == len("".join(events).encode())
+    assert 0 < line["firstByteMs"] <= line["durationMs"]
+
+
+def test_log_line_of_an_abandoned_stream_says_client_gone(service, upstream):
+    stream_id = uuid.uuid4().hex
+    hang_up_after_first_event(service, stream_id)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = [json.loads(line) for line in service.log().splitlines()
+                 if '"client_gone"' in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines and lines[-1]["bytesRelayed"] > 0
+
+
+def test_stream_flag_on_cohere_generate_is_a_validation_error(service):
+    response = service.post({"target_service": "cohere_generate", "api_key": FAKE_KEY,
+                             "payload": {"prompt": "hi", "stream": True}})
+    assert response.status_code == 400
+    assert "cohere_chat" in response.json()["error"]["details"]["payload"]["stream"][0]
+
+
+def test_stream_flag_on_an_embedding_service_answers_json_without_hanging(service):
+    response = service.post({"target_service": "openai_embedding", "api_key": FAKE_KEY,
+                             "payload": {"input": "x", "stream": True}}, timeout=5)
+    assert response.status_code == 200
+    assert response.json()["data"]["path"] == "/v1/embeddings"
