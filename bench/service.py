@@ -1,0 +1,91 @@
+"""Start and measure the real service under gunicorn, for the bench scripts (loopback only)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_url_env(root: str) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
+            "JINA_BASE_URL": f"{root}/v1", "CO_API_URL": root}
+
+
+class Service:
+    """gunicorn with the Procfile's config on 127.0.0.1, its own settings left at their defaults
+    unless `env` says otherwise."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-")
+        self.log_path = Path(self._dir.name) / "service.log"
+        full_env = {**os.environ, "XDG_RUNTIME_DIR": self._dir.name, "LOG_LEVEL": "WARNING",
+                    **env}
+        full_env.pop("GUNICORN_CMD_ARGS", None)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                 "-b", f"127.0.0.1:{self.port}", "app:app"],
+                cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/api/proxy/health", timeout=1)
+                time.sleep(1)  # let every worker finish booting
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("service did not start:\n" + self.log_path.read_text()[-2000:])
+
+    def pids(self) -> list[int]:
+        """The master and its workers."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [self.proc.pid, *map(int, children.read_text().split())]
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return total / 1024
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the master and workers, from /proc/<pid>/stat."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except FileNotFoundError:
+                pass
+        return total / ticks
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._dir.cleanup()
