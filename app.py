@@ -7,7 +7,6 @@ from flask import Flask
 from flask_cors import CORS
 
 from config import ConfigError, Settings
-from proxy import envelope
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
 from proxy.routes import bp
@@ -30,7 +29,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         CORS(app, resources={r"/api/*": {"origins": origins}}, allow_headers=_CORS_ALLOW,
              expose_headers=_CORS_EXPOSE, max_age=600)
     app.register_blueprint(bp)
-    app.after_request(envelope.add_request_id_header)
     register_error_handlers(app)
     return app
 

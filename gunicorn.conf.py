@@ -27,7 +27,6 @@ graceful_timeout = 25
 keepalive = 75
 # No preload: each worker builds its own connection pool after the fork.
 preload_app = False
-# Every line JSON; the access line has the path without query and never a body.
+# Every line JSON. No gunicorn access log: the app writes one line per request itself, with
+# its request id and duration, the path without its query, and never a body.
 logconfig_dict = gunicorn_logconfig(settings.log_level)
-accesslog = "-"
-access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'

@@ -1,0 +1,1 @@
+"""Benchmarks and load scripts; loopback only, not part of the test suite."""

@@ -25,21 +25,20 @@ def base_url_env(root: str) -> dict[str, str]:
 
 
 class Service:
-    """gunicorn with the Procfile's config on 127.0.0.1, its own settings left at their defaults
+    """gunicorn on 127.0.0.1 with the Procfile's config (or `args`), settings at their defaults
     unless `env` says otherwise."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], app: str = "app:app",
+                 args: tuple[str, ...] = ("-c", "gunicorn.conf.py")) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="bench-")
         self.log_path = Path(self._dir.name) / "service.log"
-        full_env = {**os.environ, "XDG_RUNTIME_DIR": self._dir.name, "LOG_LEVEL": "WARNING",
-                    **env}
+        full_env = {**os.environ, "XDG_RUNTIME_DIR": self._dir.name, **env}
         full_env.pop("GUNICORN_CMD_ARGS", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                 "-b", f"127.0.0.1:{self.port}", "app:app"],
+                [sys.executable, "-m", "gunicorn", *args, "-b", f"127.0.0.1:{self.port}", app],
                 cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -49,8 +48,9 @@ class Service:
                 return
             except OSError:
                 time.sleep(0.1)
+        log = self.log_path.read_text()[-2000:]
         self.stop()
-        raise RuntimeError("service did not start:\n" + self.log_path.read_text()[-2000:])
+        raise RuntimeError("service did not start:\n" + log)
 
     def pids(self) -> list[int]:
         """The master and its workers."""

@@ -32,11 +32,6 @@ def request_id() -> str:
     return rid
 
 
-def add_request_id_header(response: Response) -> Response:
-    response.headers["X-Request-ID"] = request_id()
-    return response
-
-
 class RawJSON(bytes):
     """Bytes already checked to be one JSON value, spliced into a body as they are."""
 

@@ -1,4 +1,4 @@
-"""JSON-lines logging: the formatter, the one summary line per proxied request, and redaction.
+"""JSON-lines logging: the formatter, the one line per request, and redaction.
 
 Standard library only, so that gunicorn.conf.py can import it before the app exists.
 """
@@ -50,7 +50,7 @@ def configure_logging(level: str) -> None:
 
 
 def gunicorn_logconfig(level: str) -> dict:
-    """gunicorn's own start-up and access lines as JSON too (its logconfig_dict)."""
+    """gunicorn's own lines as JSON too (its logconfig_dict)."""
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
@@ -60,7 +60,6 @@ def gunicorn_logconfig(level: str) -> dict:
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
-            "gunicorn.access": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         },
     }
 
@@ -70,10 +69,17 @@ _summary = logging.getLogger("proxy.requests")
 
 @dataclass
 class RequestLog:
-    """What the one summary line of a proxied request says (contract §8); never a key or content."""
+    """The one line each request logs when it ends (contract §8); never a key or content.
+
+    Every route gets one, so gunicorn's own access line is not needed; a proxied request's
+    line says which service, URL and payload keys were involved, and how a stream ended.
+    """
 
     request_id: str
+    method: str
+    path: str  # without the query
     started: float = field(default_factory=time.perf_counter)
+    message: str = "request"
     target_service: str | None = None
     url: str | None = None
     payload_keys: list[str] | None = None
@@ -84,24 +90,25 @@ class RequestLog:
     first_byte_ms: float | None = None
     ended: str | None = None
 
+    def proxying(self, service: str, url: str, payload_keys: list[str]) -> None:
+        self.message = "proxied request"
+        self.target_service, self.url, self.payload_keys = service, url, payload_keys
+
     def relayed(self, size: int) -> None:
         if self.first_byte_ms is None:
             self.first_byte_ms = round((time.perf_counter() - self.started) * 1000, 1)
         self.bytes_relayed += size
 
     def emit(self) -> None:
-        fields = {
-            "requestId": self.request_id,
-            "targetService": self.target_service,
-            "url": self.url,
-            "payloadKeys": self.payload_keys,
-            "status": self.status,
-            "upstreamStatus": self.upstream_status,
-            "durationMs": round((time.perf_counter() - self.started) * 1000, 1),
-            "stream": self.stream,
-        }
+        fields = {"requestId": self.request_id, "method": self.method, "path": self.path,
+                  "status": self.status,
+                  "durationMs": round((time.perf_counter() - self.started) * 1000, 1)}
+        if self.url is not None:
+            fields.update(targetService=self.target_service, url=self.url,
+                          payloadKeys=self.payload_keys, upstreamStatus=self.upstream_status,
+                          stream=self.stream)
         if self.stream:
             fields.update(bytesRelayed=self.bytes_relayed, firstByteMs=self.first_byte_ms,
                           ended=self.ended)
         level = logging.INFO if (self.status or 500) < 500 else logging.WARNING
-        _summary.log(level, "proxied request", extra={"fields": fields})
+        _summary.log(level, self.message, extra={"fields": fields})

@@ -25,15 +25,14 @@ def _upstream() -> Upstream:
 
 @bp.post("/external")
 def forward_external() -> Response:
-    rid = envelope.request_id()
-    log = g.request_log = RequestLog(rid)
+    rid, log = envelope.request_id(), g.request_log
     try:
         req = _schema.load(_json_object_body())
     except ma.ValidationError as e:
         raise ValidationError("Invalid request body.", details=e.messages) from None
     service, payload = SERVICES[req["target_service"]], req["payload"]
     upstream = _upstream()
-    log.target_service, log.url, log.payload_keys = service.name, upstream.url(service), list(payload)
+    log.proxying(service.name, upstream.url(service), list(payload))
     api_key = (req["api_key"] or "").strip()
     if not api_key:
         raise MissingApiKeyError("api_key is required.", service=service.name)
@@ -59,9 +58,16 @@ def list_services() -> Response:
     return envelope.response(envelope.success_body(data, envelope.request_id()))
 
 
-@bp.after_request
-def _log_when_done(response: Response) -> Response:
-    # The summary line is written when the server closes the response: after a stream ends.
+@bp.before_app_request
+def _start_request_log() -> None:
+    g.request_log = RequestLog(envelope.request_id(), request.method, request.path)
+
+
+@bp.after_app_request
+def _finish_request(response: Response) -> Response:
+    """Every answer carries the request id; its log line is written when the server closes
+    the response, which for a stream is after the last byte."""
+    response.headers["X-Request-ID"] = envelope.request_id()
     log = g.get("request_log")
     if log is not None:
         log.status = response.status_code

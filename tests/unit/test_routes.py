@@ -175,7 +175,7 @@ def test_one_summary_line_per_proxied_request(client, mocked, caplog):
                 headers={"X-Request-ID": "rid-1"})
     [record] = [r for r in caplog.records if r.name == "proxy.requests"]
     assert record.fields == {
-        "requestId": "rid-1", "targetService": "openai_chat",
+        "requestId": "rid-1", "method": "POST", "path": EXTERNAL, "targetService": "openai_chat",
         "url": service_url("openai_chat"), "payloadKeys": ["messages", "model"],
         "status": 429, "upstreamStatus": 429, "durationMs": record.fields["durationMs"],
         "stream": False}
@@ -185,7 +185,20 @@ def test_one_summary_line_per_proxied_request(client, mocked, caplog):
 def test_rejected_request_still_logs_its_line(client, caplog):
     client.post(EXTERNAL, json={"target_service": "nope", "payload": {}})
     [record] = [r for r in caplog.records if r.name == "proxy.requests"]
-    assert record.fields["status"] == 400 and record.fields["targetService"] is None
+    assert record.getMessage() == "request"
+    assert (record.fields["path"], record.fields["status"]) == (EXTERNAL, 400)
+    assert "targetService" not in record.fields
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("get", "/api/proxy/health", 200), ("get", "/nowhere?token=secret", 404),
+    ("delete", "/api/proxy/services", 405)])
+def test_every_route_logs_one_line_without_its_query(client, caplog, method, path, status):
+    getattr(client, method)(path, headers={"X-Request-ID": "rid-any"})
+    [record] = [r for r in caplog.records if r.name == "proxy.requests"]
+    assert record.fields == {"requestId": "rid-any", "method": method.upper(),
+                             "path": path.split("?")[0], "status": status,
+                             "durationMs": record.fields["durationMs"]}
 
 
 def test_cohere_generate_is_carried_out_by_chat(client, mocked):

@@ -1,0 +1,255 @@
+"""What the proxy adds to every call, measured against direct calls to the same stand-in.
+
+    .venv/bin/python bench/run.py [--runs 3] [--seconds 5]
+
+Needs wrk and nginx from the system's packages (`apt-get install -y wrk nginx-light`). Starts
+nginx on 127.0.0.1 serving fixed provider answers (a ~600-byte chat completion, 33 KB and 1 MB
+embeddings, a 20-event SSE stream), the service under gunicorn with its default settings (the
+Procfile's command), and for comparison a plain Flask + Session.post proxy under gthread. Runs
+every measurement --runs times, prints the medians as one Markdown table, and stops all it started.
+Loopback only; every run is bounded by --seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.service import Service, free_port  # noqa: E402
+
+KEY = "sk-bench-key"
+# case: (service, upstream path, the answer file)
+CASES = {"chat": ("openai_chat", "/v1/chat/completions", "chat.json"),
+         "33 KB embeddings": ("openai_embedding", "/v1/embeddings", "embed33k.json"),
+         "1 MB embeddings": ("jina_embedding", "/jina/v1/embeddings", "embed1m.json")}
+STREAM_PATH = "/v1/messages"
+
+
+def answers(rng: random.Random) -> dict[str, bytes]:
+    def embedding(i: int) -> dict:
+        return {"object": "embedding", "index": i,
+                "embedding": [rng.uniform(-0.1, 0.1) for _ in range(1536)]}
+
+    chat = {"id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion",
+            "created": 1741569952, "model": "gpt-4o-mini-2024-07-18",
+            "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": "Hello! " + "How can I help you today? " * 8,
+                "refusal": None, "annotations": []}, "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 19, "completion_tokens": 80, "total_tokens": 99},
+            "service_tier": "default", "system_fingerprint": "fp_06737a9306"}
+    usage = {"prompt_tokens": 5, "total_tokens": 5}
+    events = "".join(f'data: {{"choices":[{{"delta":{{"content":"tok{i}"}}}}]}}\n\n'
+                     for i in range(19)) + "data: [DONE]\n\n"
+    return {
+        "chat.json": json.dumps(chat).encode(),
+        "embed33k.json": json.dumps({"object": "list", "data": [embedding(0)],
+                                     "model": "text-embedding-3-small", "usage": usage}).encode(),
+        "embed1m.json": json.dumps({"object": "list", "data": [embedding(i) for i in range(31)],
+                                    "model": "jina-embeddings-v3", "usage": usage}).encode(),
+        "stream.sse": events.encode(),
+    }
+
+
+class Nginx:
+    """Fixed answers at the providers' paths; POST is served like GET (error_page 405 trick)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        root = workdir / "www"
+        files = answers(random.Random(7))
+        self.sizes = {name: len(data) for name, data in files.items()}
+        for _, path, name in CASES.values():
+            (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / path.lstrip("/")).write_bytes(files[name])
+        (root / STREAM_PATH.lstrip("/")).write_bytes(files["stream.sse"])
+        conf = workdir / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  types {{ }}
+  default_type application/json;
+  keepalive_requests 10000000;
+  client_body_temp_path {workdir};
+  server {{
+    listen 127.0.0.1:{self.port};
+    root {root};
+    error_page 405 =200 $uri;
+    location = {STREAM_PATH} {{ default_type text/event-stream; }}
+  }}
+}}
+""")
+        self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                http.client.HTTPConnection("127.0.0.1", self.port, timeout=1).connect()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("nginx did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def proxy_body(service: str, stream: bool = False) -> bytes:
+    payload = {"model": "m", "input": "hello world"}
+    if stream:
+        payload["stream"] = True
+    return json.dumps({"target_service": service, "api_key": KEY, "payload": payload}).encode()
+
+
+def wrk(port: int, path: str, body: bytes, connections: int, seconds: float,
+        workdir: Path) -> tuple[int, int]:
+    """(requests completed, non-2xx answers) in a wrk run of `seconds`."""
+    script = workdir / "post.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(script),
+         f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+        timeout=seconds + 30)
+    found = re.search(r"(\d+) requests in", out.stdout)
+    if not found:
+        raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
+    done = int(found.group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
+    return done, int(bad.group(1)) if bad else 0
+
+
+def timed_requests(port: int, path: str, body: bytes, seconds: float,
+                   first_byte: bool = False) -> list[float]:
+    """Sequential requests on one kept-alive connection; milliseconds each (to the first body
+    byte when `first_byte`)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    times, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        started = time.perf_counter()
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        if first_byte:
+            response.read1(1)
+            times.append((time.perf_counter() - started) * 1000)
+            response.read()
+        else:
+            response.read()
+            times.append((time.perf_counter() - started) * 1000)
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+    conn.close()
+    return times[len(times) // 10:]  # drop the warm-up tenth
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1]
+
+
+def measure(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    nginx = Nginx(workdir)
+    root = f"http://127.0.0.1:{nginx.port}"
+    env = {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
+           "JINA_BASE_URL": f"{root}/jina/v1"}
+    workers = 2 * (os.cpu_count() or 1) + 1
+    rows: dict[str, dict[str, str]] = {}
+
+    def put(row: str, case: str, value: str) -> None:
+        rows.setdefault(row, {})[case] = value
+
+    started = []
+    try:
+        ours = Service(env)
+        started.append(ours)
+        naive = Service(env, app="bench.naive_proxy:app",
+                        args=("-c", "python:bench", "-k", "gthread", "--threads", "8",
+                              "-w", str(workers)))
+        started.append(naive)
+        for case, (service, path, name) in CASES.items():
+            body = proxy_body(service)
+            for conns in (16, 64):
+                rps, cpu, naive_rps = [], [], []
+                for _ in range(args.runs):
+                    cpu_before = ours.cpu_seconds()
+                    done, bad = wrk(ours.port, "/api/proxy/external", body, conns, args.seconds,
+                                    workdir)
+                    if bad:
+                        raise RuntimeError(f"{bad} non-2xx answers from the service ({case})")
+                    cpu.append((ours.cpu_seconds() - cpu_before) * 1000 / done)
+                    rps.append(done / args.seconds)
+                    done, _ = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
+                                  workdir)
+                    naive_rps.append(done / args.seconds)
+                put(f"requests/s, {conns} connections", case, f"{statistics.median(rps):,.0f}")
+                put(f"plain Flask + Session.post proxy (gthread), requests/s, {conns} conn.", case,
+                    f"{statistics.median(naive_rps):,.0f}")
+                put(f"throughput vs plain proxy, {conns} connections", case,
+                    f"{statistics.median(rps) / statistics.median(naive_rps):.2f}x")
+                put(f"proxy CPU per request, {conns} connections", case,
+                    f"{statistics.median(cpu):.2f} ms")
+            p50, p99 = [], []
+            for _ in range(args.runs):
+                direct = timed_requests(nginx.port, path, body, args.seconds / 2)
+                proxied = timed_requests(ours.port, "/api/proxy/external", body, args.seconds / 2)
+                p50.append(pct(proxied, 50) - pct(direct, 50))
+                p99.append(pct(proxied, 99) - pct(direct, 99))
+            put("latency added, p50, 1 connection", case, f"+{statistics.median(p50):.2f} ms")
+            put("latency added, p99, 1 connection", case, f"+{statistics.median(p99):.2f} ms")
+            put("answer size", case, f"{nginx.sizes[name]:,} bytes")
+        first = []
+        for _ in range(args.runs):
+            direct = timed_requests(nginx.port, STREAM_PATH, b"{}", args.seconds / 2, True)
+            proxied = timed_requests(ours.port, "/api/proxy/external",
+                                     proxy_body("anthropic_claude", stream=True),
+                                     args.seconds / 2, True)
+            first.append(statistics.median(proxied) - statistics.median(direct))
+        put("first streamed event, added (p50)", "chat", f"+{statistics.median(first):.2f} ms")
+        put(f"memory after load, WEB_CONCURRENCY={workers} (master + workers)", "chat",
+            f"{ours.rss_mb():.0f} MB")
+        for service in started:
+            service.stop()
+        started.clear()
+        two = Service({**env, "WEB_CONCURRENCY": "2"})
+        started.append(two)
+        for case, (service, _, _) in CASES.items():
+            wrk(two.port, "/api/proxy/external", proxy_body(service), 64, args.seconds, workdir)
+        put("memory after load, WEB_CONCURRENCY=2 (master + 2 workers)", "chat",
+            f"{two.rss_mb():.0f} MB")
+    finally:
+        for service in started:
+            service.stop()
+        nginx.stop()
+
+    cases = list(CASES)
+    print(f"| per proxied request (medians of {args.runs} runs) | " + " | ".join(cases) + " |")
+    print("| --- |" + " --- |" * len(cases))
+    for row, values in rows.items():
+        print(f"| {row} | " + " | ".join(values.get(c, "") for c in cases) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=5)
+    measure(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()
