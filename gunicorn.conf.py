@@ -4,8 +4,10 @@ A platform's GUNICORN_CMD_ARGS overrides what is set here; see the README.
 """
 import os
 
+from gunicorn.glogging import Logger
+
 from config import ConfigError, Settings
-from proxy.logs import gunicorn_logconfig
+from proxy.logs import JsonFormatter
 
 try:
     settings = Settings.from_env(os.environ)
@@ -27,6 +29,19 @@ graceful_timeout = 25
 keepalive = 75
 # No preload: each worker builds its own connection pool after the fork.
 preload_app = False
-# Every line JSON. No gunicorn access log: the app writes one line per request itself, with
-# its request id and duration, the path without its query, and never a body.
-logconfig_dict = gunicorn_logconfig(settings.log_level)
+
+
+class JsonLogger(Logger):
+    """gunicorn's own lines as JSON, through the app's formatter."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+# Every line JSON. No access log (and no logconfig, which would make gunicorn build the access
+# line's data for every request): the app writes one line per request itself, with its request
+# id and duration, the path without its query, and never a body.
+logger_class = JsonLogger
+loglevel = settings.log_level.lower()

@@ -49,21 +49,6 @@ def configure_logging(level: str) -> None:
         root.addHandler(handler)
 
 
-def gunicorn_logconfig(level: str) -> dict:
-    """gunicorn's own lines as JSON too (its logconfig_dict)."""
-    handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"stderr": handler},
-        "root": {"level": level, "handlers": ["stderr"]},
-        "loggers": {
-            "gunicorn.error": {"level": level, "handlers": ["stderr"], "propagate": False},
-        },
-    }
-
-
 _summary = logging.getLogger("proxy.requests")
 
 
