@@ -9,6 +9,7 @@ from flask_cors import CORS
 from config import ConfigError, Settings
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
+from proxy.metrics import register_metrics
 from proxy.routes import bp
 from proxy.upstream import Upstream
 
@@ -29,6 +30,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         CORS(app, resources={r"/api/*": {"origins": origins}}, allow_headers=_CORS_ALLOW,
              expose_headers=_CORS_EXPOSE, max_age=600)
     app.register_blueprint(bp)
+    if settings.metrics_enabled:
+        register_metrics(app, settings)
     register_error_handlers(app)
     return app
 

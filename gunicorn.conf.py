@@ -2,9 +2,12 @@
 
 A platform's GUNICORN_CMD_ARGS overrides what is set here; see the README.
 """
+import glob
 import os
+import tempfile
 
 from gunicorn.glogging import Logger
+from gunicorn.workers import gthread
 
 from config import ConfigError, Settings
 from proxy.logs import JsonFormatter
@@ -18,8 +21,23 @@ except ConfigError as e:
 # All IPv4 interfaces, as a PaaS router expects; on a VM, bind to loopback behind a proxy (-b).
 bind = [f"0.0.0.0:{settings.port}"]
 workers = settings.web_concurrency
-# gthread by default; gevent holds thousands of idle streams (needs `pip install gevent`).
-worker_class = settings.gunicorn_worker_class
+
+
+class ThreadWorker(gthread.ThreadWorker):
+    """gthread, but once shutdown begins its listeners close at once: new connections are
+    refused (a router retries them elsewhere) instead of waiting in the backlog until the
+    calls in flight have finished, which can take up to graceful_timeout."""
+
+    def set_accept_enabled(self, enabled):
+        super().set_accept_enabled(enabled)
+        if not self.alive:
+            for listener in self.sockets:
+                listener.close()
+
+
+# gthread by default; gevent holds thousands of idle streams (requirements-gevent.txt) and
+# closes its listeners itself within a second of SIGTERM.
+worker_class = ThreadWorker if settings.gunicorn_worker_class == "gthread" else "gevent"
 threads = settings.gunicorn_threads
 # A heartbeat for gthread, not a request limit: long streams keep their worker.
 timeout = 30
@@ -45,3 +63,20 @@ class JsonLogger(Logger):
 # id and duration, the path without its query, and never a body.
 logger_class = JsonLogger
 loglevel = settings.log_level.lower()
+
+
+# Prometheus multiprocess mode: each worker writes its values to files in this directory and
+# GET /metrics adds them up. Set before the workers import the app (there is no preload).
+if settings.metrics_enabled:
+    metrics_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
+                                        tempfile.mkdtemp(prefix="byok-proxy-metrics-"))
+    for stale in glob.glob(os.path.join(metrics_dir, "*.db")):  # a previous run's counts
+        os.remove(stale)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (in flight, streams open) must stop counting."""
+    if settings.metrics_enabled:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

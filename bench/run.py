@@ -221,8 +221,8 @@ def measure(args: argparse.Namespace) -> None:
                                      args.seconds / 2, True)
             first.append(statistics.median(proxied) - statistics.median(direct))
         put("first streamed event, added (p50)", "chat", f"+{statistics.median(first):.2f} ms")
-        put(f"memory after load, WEB_CONCURRENCY={workers} (master + workers)", "chat",
-            f"{ours.rss_mb():.0f} MB")
+        put(f"memory after load, WEB_CONCURRENCY={workers} (master + workers, PSS)", "chat",
+            f"{ours.memory_mb():.0f} MB")
         for service in started:
             service.stop()
         started.clear()
@@ -230,18 +230,18 @@ def measure(args: argparse.Namespace) -> None:
         started.append(two)
         for case, (service, _, _) in CASES.items():
             wrk(two.port, "/api/proxy/external", proxy_body(service), 64, args.seconds, workdir)
-        put("memory after load, WEB_CONCURRENCY=2 (master + 2 workers)", "chat",
-            f"{two.rss_mb():.0f} MB")
+        put("memory after load, WEB_CONCURRENCY=2 (master + 2 workers, PSS)", "chat",
+            f"{two.memory_mb():.0f} MB")
     finally:
         for service in started:
             service.stop()
         nginx.stop()
-
-    cases = list(CASES)
-    print(f"| per proxied request (medians of {args.runs} runs) | " + " | ".join(cases) + " |")
-    print("| --- |" + " --- |" * len(cases))
-    for row, values in rows.items():
-        print(f"| {row} | " + " | ".join(values.get(c, "") for c in cases) + " |")
+        # What was measured is printed even when a later step failed.
+        cases = list(CASES)
+        print(f"| per proxied request (medians of {args.runs} runs) | " + " | ".join(cases) + " |")
+        print("| --- |" + " --- |" * len(cases))
+        for row, values in rows.items():
+            print(f"| {row} | " + " | ".join(values.get(c, "") for c in cases) + " |")
 
 
 def main() -> None:

@@ -57,12 +57,14 @@ class Service:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         return [self.proc.pid, *map(int, children.read_text().split())]
 
-    def rss_mb(self) -> float:
+    def memory_mb(self) -> float:
+        """Proportional set size of the master and workers: each shared page counted once,
+        where summing RSS would count the pages workers share with the master in each."""
         total = 0
         for pid in self.pids():
             try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1])
             except FileNotFoundError:
                 pass

@@ -96,7 +96,7 @@ async def run(args: argparse.Namespace) -> int:
     root = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     service = Service({**base_url_env(root), "GUNICORN_WORKER_CLASS": args.worker_class})
     try:
-        idle_mb = service.rss_mb()
+        idle_mb = service.memory_mb()
         results: dict = {"target": args.streams}
         opened: list = []
         all_open = asyncio.Event()
@@ -106,7 +106,7 @@ async def run(args: argparse.Namespace) -> int:
         async def sample_memory() -> None:
             nonlocal peak_mb
             while True:
-                peak_mb = max(peak_mb, service.rss_mb())
+                peak_mb = max(peak_mb, service.memory_mb())
                 await asyncio.sleep(0.2)
 
         sampler = asyncio.create_task(sample_memory())

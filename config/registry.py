@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-USER_AGENT = "byok-proxy/1.0.0"
+VERSION = "1.0.0"
+USER_AGENT = f"byok-proxy/{VERSION}"
 
 
 @dataclass(frozen=True)

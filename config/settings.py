@@ -36,6 +36,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     cohere_generate_model: str = "command-a-03-2025"
+    metrics_enabled: bool = True
+    metrics_token: str | None = field(default=None, repr=False)  # a secret: never printed
     # provider name -> base URL without a trailing slash
     base_urls: Mapping[str, str] = field(
         default_factory=lambda: {p.name: p.base_url for p in PROVIDERS.values()})
@@ -61,6 +63,8 @@ class Settings:
             log_level=_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS, str.upper),
             cohere_generate_model=environ.get("COHERE_GENERATE_MODEL", "").strip()
             or "command-a-03-2025",
+            metrics_enabled=_boolean(environ, "METRICS_ENABLED", True),
+            metrics_token=_raw(environ, "METRICS_TOKEN"),
             base_urls={p.name: _base_url(environ, p.base_url_env, p.base_url)
                        for p in PROVIDERS.values()},
         )
@@ -109,6 +113,17 @@ def _choice(environ: Mapping[str, str], name: str, default: str,
     if normalise(raw) not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
     return normalise(raw)
+
+
+def _boolean(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _raw(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
 
 
 def _origins(raw: str) -> tuple[str, ...]:

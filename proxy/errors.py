@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from flask import Flask
+from flask import Flask, g
 from werkzeug.exceptions import HTTPException
 
 from proxy import envelope
@@ -60,6 +60,11 @@ class UpstreamTimeoutError(ProxyError):
     status = 504
 
 
+class UnauthorizedError(ProxyError):
+    code = "UNAUTHORIZED"
+    status = 401
+
+
 class PayloadTooLargeError(ProxyError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
@@ -77,11 +82,19 @@ def client_status(upstream_status: int) -> int:
 _HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
 
 
+def _note_code(code: str) -> None:
+    """Put the error code on the request's log line (and so into the metrics)."""
+    log = g.get("request_log")
+    if log is not None:
+        log.error_code = code
+
+
 def register_error_handlers(app: Flask) -> None:
     """Register every error handler, on the app so routing 404/405 are caught too."""
 
     @app.errorhandler(ProxyError)
     def _proxy_error(e: ProxyError):
+        _note_code(e.code)
         return envelope.response(e.body(envelope.request_id()), e.status, e.headers)
 
     @app.errorhandler(HTTPException)
@@ -90,6 +103,7 @@ def register_error_handlers(app: Flask) -> None:
         if status >= 500:
             return _internal_error(e)
         code = _HTTP_CODES.get(status, "VALIDATION_ERROR")
+        _note_code(code)
         rid = envelope.request_id()
         response = e.get_response()  # keeps werkzeug's headers, such as Allow on a 405
         response.set_data(envelope.error_body(code, e.name, rid))
@@ -99,6 +113,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _internal_error(e: Exception):
         rid = envelope.request_id()
+        _note_code("INTERNAL_ERROR")
         log.error("unhandled exception", exc_info=e, extra={"fields": {"requestId": rid}})
         body = envelope.error_body("INTERNAL_ERROR", "Internal error; quote the request id.", rid)
         return envelope.response(body, 500)

@@ -70,6 +70,8 @@ class RequestLog:
     payload_keys: list[str] | None = None
     status: int | None = None
     upstream_status: int | None = None
+    upstream_ms: float | None = None  # until the provider's answer headers
+    error_code: str | None = None
     stream: bool = False
     bytes_relayed: int = 0
     first_byte_ms: float | None = None
@@ -84,14 +86,18 @@ class RequestLog:
             self.first_byte_ms = round((time.perf_counter() - self.started) * 1000, 1)
         self.bytes_relayed += size
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
     def emit(self) -> None:
         fields = {"requestId": self.request_id, "method": self.method, "path": self.path,
-                  "status": self.status,
-                  "durationMs": round((time.perf_counter() - self.started) * 1000, 1)}
+                  "status": self.status, "durationMs": round(self.elapsed() * 1000, 1)}
+        if self.error_code is not None:
+            fields["errorCode"] = self.error_code
         if self.url is not None:
             fields.update(targetService=self.target_service, url=self.url,
                           payloadKeys=self.payload_keys, upstreamStatus=self.upstream_status,
-                          stream=self.stream)
+                          upstreamMs=self.upstream_ms, stream=self.stream)
         if self.stream:
             fields.update(bytesRelayed=self.bytes_relayed, firstByteMs=self.first_byte_ms,
                           ended=self.ended)

@@ -7,8 +7,8 @@ from typing import Iterator
 import marshmallow as ma
 from flask import Blueprint, Response, current_app, g, request
 
-from config import PROVIDERS, SERVICES, Service
-from proxy import envelope
+from config import PROVIDERS, SERVICES, VERSION, Service
+from proxy import envelope, metrics
 from proxy.errors import MissingApiKeyError, PayloadTooLargeError, ProxyError, ValidationError
 from proxy.logs import RequestLog
 from proxy.schemas import OPTION_HEADER_MAX, ProxyRequestSchema, is_printable_ascii
@@ -39,7 +39,7 @@ def forward_external() -> Response:
     reply = upstream.forward(service, api_key, payload, _option_headers(service), log)
     if reply.chunks is not None:
         headers = {**reply.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return Response(_event_stream(reply.chunks, rid), 200, headers,
+        return Response(_event_stream(reply.chunks, rid, log), 200, headers,
                         content_type="text/event-stream")
     return envelope.response(envelope.success_body(reply.body, rid), 200, reply.headers)
 
@@ -48,7 +48,8 @@ def forward_external() -> Response:
 def health() -> Response:
     data = {"status": "healthy",
             "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "services": len(SERVICES)}
+            "services": len(SERVICES), "version": VERSION,
+            "environment": _upstream().settings.environment}
     return envelope.response(envelope.success_body(data, envelope.request_id()))
 
 
@@ -60,7 +61,8 @@ def list_services() -> Response:
 
 @bp.before_app_request
 def _start_request_log() -> None:
-    g.request_log = RequestLog(envelope.request_id(), request.method, request.path)
+    g.request_log = log = RequestLog(envelope.request_id(), request.method, request.path)
+    metrics.request_started(log)
 
 
 @bp.after_app_request
@@ -72,6 +74,7 @@ def _finish_request(response: Response) -> Response:
     if log is not None:
         log.status = response.status_code
         response.call_on_close(log.emit)
+        response.call_on_close(lambda: metrics.request_ended(log))
     return response
 
 
@@ -115,15 +118,18 @@ def _option_headers(service: Service) -> dict[str, str]:
     return options
 
 
-def _event_stream(chunks: Iterator[bytes], rid: str) -> Iterator[bytes]:
+def _event_stream(chunks: Iterator[bytes], rid: str, log: RequestLog) -> Iterator[bytes]:
     """Relay the provider's events; a break mid-stream ends with one `event: error` frame."""
     last = b"\n\n"
+    metrics.STREAMS_OPEN.inc()
     try:
         for last in chunks:
             yield last
     except ProxyError as e:
+        log.error_code = e.code
         # Start the frame on a fresh event, whatever the provider's last bytes were.
         gap = b"" if last.endswith((b"\n\n", b"\r\n\r\n")) else b"\n\n"
         yield gap + b"event: error\ndata: " + e.body(rid) + b"\n\n"
     finally:
+        metrics.STREAMS_OPEN.dec()
         chunks.close()  # closes the provider connection when the client goes away

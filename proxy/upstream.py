@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Iterator, Mapping
@@ -95,7 +96,9 @@ class Upstream:
         to_upstream, from_upstream = TRANSLATIONS.get(service.translation, (None, None))
         sent = to_upstream(payload, self.settings.cohere_generate_model) if to_upstream else payload
         wants_stream = service.streams and payload.get("stream") is True
+        started = time.perf_counter()
         response = self._send(service, api_key, sent, options, wants_stream)
+        log.upstream_ms = round((time.perf_counter() - started) * 1000, 1)
         status = log.upstream_status = response.status_code
         headers = passed_headers(response.headers)
         is_2xx = 200 <= status < 300
@@ -120,8 +123,8 @@ class Upstream:
                                        status=client_status(status), upstream_status=status,
                                        details=details_from(body, raw), headers=headers)
         if from_upstream:
-            return Reply(headers, body=RawJSON(json.dumps(
-                from_upstream(parsed, payload["prompt"]), ensure_ascii=False).encode()))
+            body = json.dumps(from_upstream(parsed, payload["prompt"]), ensure_ascii=False).encode()
+        log.bytes_relayed = len(body)
         return Reply(headers, body=RawJSON(body))
 
     def _send(self, service: Service, api_key: str, payload: dict[str, Any],

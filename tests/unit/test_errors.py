@@ -51,6 +51,7 @@ def test_a_bug_is_internal_error_logged_with_traceback_but_not_answered(caplog, 
         "success": False, "requestId": "rid-boom",
         "error": {"code": "INTERNAL_ERROR", "message": "Internal error; quote the request id."}}
     assert b"secret internals" not in response.data and b"Traceback" not in response.data
-    [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    [record] = [r for r in caplog.records if r.levelno == logging.ERROR
+                and r.name == "proxy.errors"]
     assert record.fields == {"requestId": "rid-boom"}
     assert "secret internals" in str(record.exc_info[1])

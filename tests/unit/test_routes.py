@@ -6,7 +6,7 @@ import re
 import pytest
 
 from app import create_app
-from config import SERVICES
+from config import SERVICES, VERSION
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import SweptClient, body, make_settings, service_url
 
@@ -26,6 +26,7 @@ def test_health_answers_without_calling_a_provider(client, mocked):
     assert payload["success"] is True
     data = payload["data"]
     assert data["status"] == "healthy" and data["services"] == len(SERVICES) == 8
+    assert (data["version"], data["environment"]) == (VERSION, "development")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["timestamp"])
     assert payload["requestId"] == response.headers["X-Request-ID"]
     assert RID.fullmatch(payload["requestId"])
@@ -177,8 +178,10 @@ def test_one_summary_line_per_proxied_request(client, mocked, caplog):
     assert record.fields == {
         "requestId": "rid-1", "method": "POST", "path": EXTERNAL, "targetService": "openai_chat",
         "url": service_url("openai_chat"), "payloadKeys": ["messages", "model"],
-        "status": 429, "upstreamStatus": 429, "durationMs": record.fields["durationMs"],
+        "status": 429, "upstreamStatus": 429, "errorCode": "EXTERNAL_SERVICE_ERROR",
+        "durationMs": record.fields["durationMs"], "upstreamMs": record.fields["upstreamMs"],
         "stream": False}
+    assert 0 <= record.fields["upstreamMs"] <= record.fields["durationMs"]
     assert "SECRET" not in caplog.text
 
 
@@ -196,9 +199,11 @@ def test_rejected_request_still_logs_its_line(client, caplog):
 def test_every_route_logs_one_line_without_its_query(client, caplog, method, path, status):
     getattr(client, method)(path, headers={"X-Request-ID": "rid-any"})
     [record] = [r for r in caplog.records if r.name == "proxy.requests"]
-    assert record.fields == {"requestId": "rid-any", "method": method.upper(),
-                             "path": path.split("?")[0], "status": status,
-                             "durationMs": record.fields["durationMs"]}
+    expected = {"requestId": "rid-any", "method": method.upper(), "path": path.split("?")[0],
+                "status": status, "durationMs": record.fields["durationMs"]}
+    if status >= 400:
+        expected["errorCode"] = "NOT_FOUND" if status == 404 else "METHOD_NOT_ALLOWED"
+    assert record.fields == expected
 
 
 def test_cohere_generate_is_carried_out_by_chat(client, mocked):
