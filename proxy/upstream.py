@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Iterator, Mapping
 
 import orjson
@@ -35,10 +34,12 @@ class Reply:
 
 
 def _session(settings: Settings) -> requests.Session:
+    """A provider's connection pool: the Session's mounted adapter.
+
+    Requests go to the adapter directly (see _send), so no environment proxy, ~/.netrc entry,
+    session header or cookie jar ever takes part in them.
+    """
     session = requests.Session()
-    session.trust_env = False  # no proxies, no ~/.netrc rewriting Authorization
-    session.headers.clear()  # exactly the contract's header set, none of requests' defaults
-    session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))  # store no cookie
     retries = Retry(total=None, connect=settings.upstream_retries, read=False, redirect=False,
                     status=0, other=0)  # read=False keeps a read timeout a Timeout (504)
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
@@ -52,11 +53,10 @@ def _transport_error(exc: Exception, service: str) -> ProxyError:
     """Classify a failure below HTTP (contract §4).
 
     Timeouts are tested first: requests' ConnectTimeout is a ConnectionError as well as a
-    Timeout. A stall while reading a body surfaces as urllib3's ReadTimeoutError, bare from a
-    relay's raw reads, wrapped in a requests ConnectionError from `response.content`.
+    Timeout. A stall while reading a body (read from the raw response) surfaces as urllib3's
+    ReadTimeoutError.
     """
-    cause = exc.args[0] if isinstance(exc, requests.ConnectionError) and exc.args else exc
-    if isinstance(exc, requests.Timeout) or isinstance(cause, ReadTimeoutError):
+    if isinstance(exc, (requests.Timeout, ReadTimeoutError)):
         return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
     return NetworkError(f"the connection to {service} failed", service=service)
 

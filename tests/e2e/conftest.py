@@ -42,6 +42,9 @@ class RunningService:
         full_env = {**os.environ, "LOG_LEVEL": "DEBUG", "WEB_CONCURRENCY": "2",
                     "UPSTREAM_CONNECT_TIMEOUT": "0.5", "UPSTREAM_READ_TIMEOUT": "1",
                     "UPSTREAM_RETRIES": "1",
+                    # Proxies from the environment must be ignored: these lead nowhere.
+                    "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+                    "NO_PROXY": "",
                     # gunicorn 27's control socket lives here: one per instance.
                     "XDG_RUNTIME_DIR": str(workdir), **env}
         full_env.pop("GUNICORN_CMD_ARGS", None)

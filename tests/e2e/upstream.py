@@ -86,23 +86,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._reset_connection()
 
     def _truncated(self, payload: dict) -> None:
+        """Promise 1000 bytes, send a few, hang up (or, with `delay`, go silent first)."""
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "1000")
         self.end_headers()
         self.wfile.write(b'{"partial": ')
         self.wfile.flush()
+        time.sleep(payload.get("delay", 0))
         self.close_connection = True
 
-    def _stall(self, payload: dict) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", "1000")
-        self.end_headers()
-        self.wfile.write(b'{"partial": ')
-        self.wfile.flush()
-        time.sleep(payload["delay"])
-        self.close_connection = True
+    _stall = _truncated  # with a `delay` past the proxy's read timeout
 
     def _redirect(self, payload: dict) -> None:
         self._send(payload.get("status", 302), b'{"moved": true}',
