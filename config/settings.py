@@ -38,6 +38,8 @@ class Settings:
     cohere_generate_model: str = "command-a-03-2025"
     metrics_enabled: bool = True
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    # Bearer tokens that may use the proxy; empty means open to anyone. Secrets: never printed.
+    proxy_access_tokens: tuple[str, ...] = field(default=(), repr=False)
     # provider name -> base URL without a trailing slash
     base_urls: Mapping[str, str] = field(
         default_factory=lambda: {p.name: p.base_url for p in PROVIDERS.values()})
@@ -65,6 +67,7 @@ class Settings:
             or "command-a-03-2025",
             metrics_enabled=_boolean(environ, "METRICS_ENABLED", True),
             metrics_token=_raw(environ, "METRICS_TOKEN"),
+            proxy_access_tokens=_tokens(environ, "PROXY_ACCESS_TOKENS"),
             base_urls={p.name: _base_url(environ, p.base_url_env, p.base_url)
                        for p in PROVIDERS.values()},
         )
@@ -124,6 +127,14 @@ def _boolean(environ: Mapping[str, str], name: str, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _tokens(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    tokens = tuple(t.strip() for t in environ.get(name, "").split(",") if t.strip())
+    if not all(t.isascii() and t.isprintable() and " " not in t for t in tokens):
+        raise ConfigError(f"{name} must be comma-separated tokens of printable ASCII "
+                          "without spaces")  # the value is a secret: not repeated here
+    return tokens
 
 
 def _origins(raw: str) -> tuple[str, ...]:

@@ -1,6 +1,7 @@
 """The blueprint and its three views: parse the body, load the schema, forward, wrap."""
 from __future__ import annotations
 
+import hmac
 from datetime import datetime, timezone
 from typing import Iterator
 
@@ -9,7 +10,8 @@ from flask import Blueprint, Response, current_app, g, request
 
 from config import PROVIDERS, SERVICES, VERSION, Service
 from proxy import envelope, metrics
-from proxy.errors import MissingApiKeyError, PayloadTooLargeError, ProxyError, ValidationError
+from proxy.errors import (MissingApiKeyError, PayloadTooLargeError, ProxyError, UnauthorizedError,
+                          ValidationError)
 from proxy.logs import RequestLog
 from proxy.schemas import OPTION_HEADER_MAX, ProxyRequestSchema, is_printable_ascii
 from proxy.upstream import Upstream
@@ -57,6 +59,21 @@ def health() -> Response:
 def list_services() -> Response:
     data = {"services": sorted(SERVICES), "count": len(SERVICES)}
     return envelope.response(envelope.success_body(data, envelope.request_id()))
+
+
+@bp.before_request
+def _require_access_token() -> None:
+    """With PROXY_ACCESS_TOKENS set, every route but health needs one of them (constant time:
+    every token is compared, whatever matched). Browser preflights carry none and pass."""
+    tokens = _upstream().settings.proxy_access_tokens
+    if not tokens or request.endpoint == "proxy.health" or request.method == "OPTIONS":
+        return
+    presented = request.headers.get("Authorization", "").encode()
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(presented, b"Bearer " + token.encode())
+    if not matched:
+        raise UnauthorizedError("A valid access token is required: Authorization: Bearer <token>.")
 
 
 @bp.before_app_request

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import responses
+from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
@@ -48,10 +49,15 @@ class SweptClient(FlaskClient):
         return response
 
 
+@pytest.fixture(autouse=True)
+def swept_clients(monkeypatch):
+    """Every app's test client closes its responses, as a server does, and checks them."""
+    monkeypatch.setattr(Flask, "test_client_class", SweptClient)
+
+
 @pytest.fixture
 def app():
     flask_app = create_app(make_settings())
-    flask_app.test_client_class = SweptClient
     yield flask_app
     flask_app.extensions["proxy"].close()
 

@@ -3,7 +3,7 @@ from prometheus_client import REGISTRY
 
 from app import create_app
 from tests.conftest import FAKE_KEY
-from tests.unit.conftest import SweptClient, body, make_settings, service_url
+from tests.unit.conftest import body, make_settings, service_url
 
 
 def sample(name, **labels):
@@ -69,7 +69,6 @@ def test_no_client_input_becomes_a_label(client, mocked):
 
 def test_metrics_token_is_required_when_set():
     app = create_app(make_settings(metrics_token="m-token-1"))
-    app.test_client_class = SweptClient
     client = app.test_client()
     assert scrape(client).status_code == 401
     assert scrape(client).get_json()["error"]["code"] == "UNAUTHORIZED"

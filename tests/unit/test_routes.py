@@ -8,7 +8,7 @@ import pytest
 from app import create_app
 from config import SERVICES, VERSION
 from tests.conftest import FAKE_KEY
-from tests.unit.conftest import SweptClient, body, make_settings, service_url
+from tests.unit.conftest import body, make_settings, service_url
 
 EXTERNAL = "/api/proxy/external"
 RID = re.compile(r"req_\d{13}_[a-z0-9]{6}")
