@@ -6,16 +6,17 @@ import os
 from flask import Flask
 from flask_cors import CORS
 
-from config import ConfigError, Settings
+from config import PROVIDERS, ConfigError, Settings
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
 from proxy.metrics import register_metrics
 from proxy.routes import bp
 from proxy.upstream import Upstream
 
-# Provider option headers and our own, so browsers may send them and read the answers.
-_CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID", "OpenAI-Organization",
-               "OpenAI-Project", "anthropic-version", "anthropic-beta"]
+# Our headers and every provider's option headers (from the registry), so browsers may send
+# them; and the ones they may read in answers.
+_CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID",
+               *dict.fromkeys(h for p in PROVIDERS.values() for h in p.option_headers)]
 _CORS_EXPOSE = ["X-Request-ID", "X-Upstream-Request-ID", "Retry-After", "retry-after-ms",
                 "x-should-retry"]
 

@@ -284,11 +284,12 @@ def test_cors_preflight_for_json_post(mocked):
     app = create_app(make_settings(cors_origins=("https://app.example",)))
     response = app.test_client().options(EXTERNAL, headers={
         "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type"})
+        "Access-Control-Request-Headers": "content-type, anthropic-beta, openai-project"})
     assert 200 <= response.status_code < 300
     assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
-    assert "content-type" in response.headers["Access-Control-Allow-Headers"].lower()
+    allowed = response.headers["Access-Control-Allow-Headers"].lower()
+    assert {"content-type", "anthropic-beta", "openai-project"} <= set(allowed.split(", "))
 
 
 def test_cors_other_origin_gets_no_allow_header(mocked):
