@@ -7,6 +7,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from config import PROVIDERS, ConfigError, Settings
+from proxy.access import register_rate_limit
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
 from proxy.metrics import register_metrics
@@ -31,6 +32,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         CORS(app, resources={r"/api/*": {"origins": origins}}, allow_headers=_CORS_ALLOW,
              expose_headers=_CORS_EXPOSE, max_age=600)
     app.register_blueprint(bp)
+    if settings.rate_limit:
+        register_rate_limit(app, settings)
     if settings.metrics_enabled:
         register_metrics(app, settings)
     register_error_handlers(app)

@@ -1,7 +1,9 @@
 """Settings read once from the environment (contract §7), checked before anything starts."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -11,6 +13,11 @@ from config.registry import PROVIDERS
 ENVIRONMENTS = ("development", "staging", "production")
 WORKER_CLASSES = ("gthread", "gevent")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Flask-Limiter's notation, checked here without importing it: the gunicorn master reads these
+# settings, and the limits package imports ssl, which the gevent worker must patch first.
+_RATE = re.compile(r"\s*[1-9][0-9]*\s*(/|\s+per\s+)\s*([1-9][0-9]*\s*)?"
+                   r"(second|minute|hour|day|month|year)s?\s*", re.IGNORECASE)
+RATE_LIMIT_STORES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
 class ConfigError(ValueError):
@@ -40,6 +47,12 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)  # a secret: never printed
     # Bearer tokens that may use the proxy; empty means open to anyone. Secrets: never printed.
     proxy_access_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # Requests per caller, in Flask-Limiter's notation ("60/minute"); None means no limit.
+    rate_limit: str | None = None
+    # May hold a Redis password: never printed.
+    rate_limit_storage_uri: str = field(default="memory://", repr=False)
+    # Peers whose X-Forwarded-For is believed (load balancers the operator names).
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     # provider name -> base URL without a trailing slash
     base_urls: Mapping[str, str] = field(
         default_factory=lambda: {p.name: p.base_url for p in PROVIDERS.values()})
@@ -68,6 +81,9 @@ class Settings:
             metrics_enabled=_boolean(environ, "METRICS_ENABLED", True),
             metrics_token=_raw(environ, "METRICS_TOKEN"),
             proxy_access_tokens=_tokens(environ, "PROXY_ACCESS_TOKENS"),
+            rate_limit=_rate_limit(environ, "RATE_LIMIT"),
+            rate_limit_storage_uri=_storage_uri(environ, "RATE_LIMIT_STORAGE_URI"),
+            trusted_proxies=_networks(environ, "TRUSTED_PROXIES"),
             base_urls={p.name: _base_url(environ, p.base_url_env, p.base_url)
                        for p in PROVIDERS.values()},
         )
@@ -135,6 +151,33 @@ def _tokens(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
         raise ConfigError(f"{name} must be comma-separated tokens of printable ASCII "
                           "without spaces")  # the value is a secret: not repeated here
     return tokens
+
+
+def _rate_limit(environ: Mapping[str, str], name: str) -> str | None:
+    raw = _raw(environ, name)
+    if raw is None:
+        return None
+    if not all(_RATE.fullmatch(part) for part in re.split("[;,]", raw)):
+        raise ConfigError(f"{name} must be a rate such as 60/minute or 10/second;1000/day, "
+                          f"got {raw!r}")
+    return raw
+
+
+def _storage_uri(environ: Mapping[str, str], name: str) -> str:
+    raw = _raw(environ, name) or "memory://"
+    scheme = raw.partition("://")[0].lower()
+    if scheme not in RATE_LIMIT_STORES or "://" not in raw:
+        # The value may hold a password: only its scheme is repeated.
+        raise ConfigError(f"{name} must be memory:// or a redis:// URL, got scheme {scheme!r}")
+    return raw
+
+
+def _networks(environ: Mapping[str, str], name: str) -> tuple:
+    try:
+        return tuple(ipaddress.ip_network(item.strip())
+                     for item in environ.get(name, "").split(",") if item.strip())
+    except ValueError as e:
+        raise ConfigError(f"{name} must be comma-separated IP addresses or networks: {e}") from None
 
 
 def _origins(raw: str) -> tuple[str, ...]:

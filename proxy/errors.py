@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from typing import Mapping
 
-from flask import Flask, g
+from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
 from proxy import envelope
@@ -65,6 +65,11 @@ class UnauthorizedError(ProxyError):
     status = 401
 
 
+class RateLimitedError(ProxyError):
+    code = "RATE_LIMITED"
+    status = 429
+
+
 class PayloadTooLargeError(ProxyError):
     code = "PAYLOAD_TOO_LARGE"
     status = 413
@@ -89,13 +94,15 @@ def _note_code(code: str) -> None:
         log.error_code = code
 
 
+def error_response(e: ProxyError) -> Response:
+    """The envelope answer for a ProxyError, its code noted on the request's log line."""
+    _note_code(e.code)
+    return envelope.response(e.body(envelope.request_id()), e.status, e.headers)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Register every error handler, on the app so routing 404/405 are caught too."""
-
-    @app.errorhandler(ProxyError)
-    def _proxy_error(e: ProxyError):
-        _note_code(e.code)
-        return envelope.response(e.body(envelope.request_id()), e.status, e.headers)
+    app.register_error_handler(ProxyError, error_response)
 
     @app.errorhandler(HTTPException)
     def _http_error(e: HTTPException):

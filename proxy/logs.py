@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -17,7 +18,28 @@ _SECRET = re.compile(
     r"(?i)(bearer\s+|x-api-key['\"]?\s*[:=]\s*['\"]?|api_key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
 
 
+# The secrets of the request being served (its key, its access token), as they would appear
+# inside a JSON string: masked wherever they turn up in a line, whoever printed it.
+_request_secrets: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
+_SHORTEST_SECRET = 8  # below this a mask would blot out ordinary words, and no real key is
+
+
+def hide(secret: str) -> None:
+    """Mask this secret in every line logged while the current request is served."""
+    if len(secret) >= _SHORTEST_SECRET:
+        once = json.dumps(secret, ensure_ascii=False)[1:-1]  # as printed in a JSON line
+        twice = json.dumps(once, ensure_ascii=False)[1:-1]  # printed as JSON in a JSON line
+        _request_secrets.set((*_request_secrets.get(), *dict.fromkeys((twice, once))))
+
+
+def forget_secrets() -> None:
+    """A new request begins: the last one's secrets no longer apply to this thread."""
+    _request_secrets.set(())
+
+
 def redact(text: str) -> str:
+    for secret in _request_secrets.get():
+        text = text.replace(secret, "[REDACTED]")
     return _SECRET.sub(r"\1[REDACTED]", text)
 
 

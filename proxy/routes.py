@@ -1,7 +1,6 @@
 """The blueprint and its three views: parse the body, load the schema, forward, wrap."""
 from __future__ import annotations
 
-import hmac
 from datetime import datetime, timezone
 from typing import Iterator
 
@@ -9,9 +8,8 @@ import marshmallow as ma
 from flask import Blueprint, Response, current_app, g, request
 
 from config import PROVIDERS, SERVICES, VERSION, Service
-from proxy import envelope, metrics
-from proxy.errors import (MissingApiKeyError, PayloadTooLargeError, ProxyError, UnauthorizedError,
-                          ValidationError)
+from proxy import access, envelope, logs, metrics
+from proxy.errors import MissingApiKeyError, PayloadTooLargeError, ProxyError, ValidationError
 from proxy.logs import RequestLog
 from proxy.schemas import OPTION_HEADER_MAX, ProxyRequestSchema, is_printable_ascii
 from proxy.upstream import Upstream
@@ -36,6 +34,7 @@ def forward_external() -> Response:
     upstream = _upstream()
     log.proxying(service.name, upstream.url(service), list(payload))
     api_key = (req["api_key"] or "").strip()
+    logs.hide(api_key)
     if not api_key:
         raise MissingApiKeyError("api_key is required.", service=service.name)
     reply = upstream.forward(service, api_key, payload, _option_headers(service), log)
@@ -61,23 +60,12 @@ def list_services() -> Response:
     return envelope.response(envelope.success_body(data, envelope.request_id()))
 
 
-@bp.before_request
-def _require_access_token() -> None:
-    """With PROXY_ACCESS_TOKENS set, every route but health needs one of them (constant time:
-    every token is compared, whatever matched). Browser preflights carry none and pass."""
-    tokens = _upstream().settings.proxy_access_tokens
-    if not tokens or request.endpoint == "proxy.health" or request.method == "OPTIONS":
-        return
-    presented = request.headers.get("Authorization", "").encode()
-    matched = False
-    for token in tokens:
-        matched |= hmac.compare_digest(presented, b"Bearer " + token.encode())
-    if not matched:
-        raise UnauthorizedError("A valid access token is required: Authorization: Bearer <token>.")
+bp.before_request(access.require_access_token)
 
 
 @bp.before_app_request
 def _start_request_log() -> None:
+    logs.forget_secrets()
     g.request_log = log = RequestLog(envelope.request_id(), request.method, request.path)
     metrics.request_started(log)
 

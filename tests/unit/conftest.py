@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from app import create_app
 from config import PROVIDERS, Settings
 from proxy.logs import JsonFormatter
-from tests.conftest import FAKE_KEY
+from tests.conftest import FAKE_KEY, SECRETS
 
 # Each provider on its own loopback address and the closed port 9: even a request that
 # `responses` failed to intercept could never leave this machine.
@@ -38,14 +38,15 @@ def body(service: str = "openai_chat", payload: dict | None = None, **extra) -> 
 
 class SweptClient(FlaskClient):
     """A test client that closes every response (so its log line is written) and checks
-    that the key is in none of them."""
+    that no key or access token is in any of them."""
 
     def open(self, *args, **kwargs):
         response = super().open(*args, **kwargs)
         data = response.get_data()
         response.close()
-        assert FAKE_KEY.encode() not in data
-        assert FAKE_KEY not in str(response.headers)
+        for secret in SECRETS:
+            assert secret.encode() not in data
+            assert secret not in str(response.headers)
         return response
 
 
@@ -75,12 +76,13 @@ def mocked():
 
 @pytest.fixture(autouse=True)
 def no_key_in_logs(caplog):
-    """The secret sweep: at DEBUG, in every logger, the key appears in no record."""
+    """The secret sweep: at DEBUG, in every logger, no key or token appears in any line."""
     caplog.set_level(logging.DEBUG)
     yield
     formatter = JsonFormatter()
     for record in caplog.records:
-        assert FAKE_KEY not in formatter.format(record), record.name
+        line = formatter.format(record)
+        assert not any(secret in line for secret in SECRETS), record.name
 
 
 assert set(BASE_URLS) == set(PROVIDERS)
