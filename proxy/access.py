@@ -107,7 +107,7 @@ def register_rate_limit(app: Flask, settings: Settings) -> None:
     @app.errorhandler(RateLimitExceeded)
     def _rate_limited(e: RateLimitExceeded) -> Response:
         current = limiter.current_limit
-        reset_at = current.reset_at if current is not None else time.time() + 1
+        reset_at = current.window.reset_time if current is not None else 0
         retry_after = max(1, math.ceil(reset_at - time.time()))
         return error_response(RateLimitedError(
             f"Rate limit of {e.limit.limit} exceeded; retry in {retry_after} s.",

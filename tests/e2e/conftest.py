@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import FAKE_KEY
+from tests.conftest import ACCESS_TOKENS, SECRETS
 from tests.e2e.upstream import Blackhole, Upstream
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +39,10 @@ class RunningService:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "service.log"
+        tokens = env.get("PROXY_ACCESS_TOKENS")
+        # What every call to this instance sends: its access token, when it has any.
+        self.headers = {"Authorization": f"Bearer {tokens.split(',')[0]}"} if tokens else {}
+        self.raw_headers = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()).encode()
         full_env = {**os.environ, "LOG_LEVEL": "DEBUG", "WEB_CONCURRENCY": "2",
                     "UPSTREAM_CONNECT_TIMEOUT": "0.5", "UPSTREAM_READ_TIMEOUT": "1",
                     "UPSTREAM_RETRIES": "1",
@@ -73,7 +77,11 @@ class RunningService:
 
     def post(self, body: dict, **kwargs) -> requests.Response:
         return requests.post(f"{self.url}/api/proxy/external", json=body,
-                             timeout=kwargs.pop("timeout", 10), **kwargs)
+                             timeout=kwargs.pop("timeout", 10),
+                             headers={**self.headers, **kwargs.pop("headers", {})}, **kwargs)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(self.url + path, headers=self.headers, timeout=5)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -97,10 +105,17 @@ def upstream():
         yield stand_in
 
 
-@pytest.fixture(scope="session", params=["gthread", "gevent"])
+# Each scenario runs twice: open under gthread, and under gevent behind access tokens and a
+# rate limit high enough never to bite, so the secret sweep covers the tokens in every one.
+GUARDED = {"PROXY_ACCESS_TOKENS": ",".join(ACCESS_TOKENS), "RATE_LIMIT": "100000/minute"}
+
+
+@pytest.fixture(scope="session", params=["gthread", "gevent-guarded"])
 def service(request, upstream, tmp_path_factory):
-    running = start_service(tmp_path_factory.mktemp(request.param),
-                            {**base_urls(upstream.url), "GUNICORN_WORKER_CLASS": request.param})
+    worker_class, _, guarded = request.param.partition("-")
+    running = start_service(tmp_path_factory.mktemp(request.param), {
+        **base_urls(upstream.url), "GUNICORN_WORKER_CLASS": worker_class,
+        **(GUARDED if guarded else {})})
     yield running
     running.stop()
 
@@ -124,11 +139,11 @@ def blackhole_service(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def service_logs_hold_no_key_and_only_json():
-    """After every e2e test: nothing any service printed (at DEBUG) holds the key, and every
-    line is one JSON object."""
+    """After every e2e test: nothing any service printed (at DEBUG) holds a key or an access
+    token, and every line is one JSON object."""
     yield
     for running in STARTED:
         text = running.log()
-        assert FAKE_KEY not in text, running.log_path
+        assert not any(secret in text for secret in SECRETS), running.log_path
         for line in text.splitlines():
             assert isinstance(json.loads(line), dict), line

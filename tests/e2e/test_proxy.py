@@ -27,7 +27,9 @@ def test_stand_in_sees_the_right_path_and_exactly_the_contract_headers(service, 
     payload = ({"prompt": "hi"} if name == "cohere_generate" else
                {"stub": "json", "answer": {"id": "x", "message": {"content": []}}})
     sent = {"target_service": name, "api_key": FAKE_KEY, "payload": payload}
-    response = service.post(sent, headers={"Cookie": "c=1", "Authorization": "Bearer t",
+    # The client's own Authorization (its access token, if any) is never forwarded.
+    authorization = service.headers.get("Authorization", "Bearer t")
+    response = service.post(sent, headers={"Cookie": "c=1", "Authorization": authorization,
                                            "X-Forwarded-For": "10.0.0.1",
                                            "OpenAI-Organization": "org-1"})
     assert response.status_code == 200, response.text
@@ -48,7 +50,7 @@ def test_upstream_connections_are_kept_alive(service, upstream):
     with requests.Session() as client:  # one client connection: one worker
         for _ in range(3):
             assert client.post(f"{service.url}/api/proxy/external", json=body(),
-                               timeout=5).status_code == 200
+                               headers=service.headers, timeout=5).status_code == 200
     assert len({r["port"] for r in upstream.requests[-3:]}) == 1
 
 
@@ -139,7 +141,8 @@ def test_chunked_body_over_the_limit_is_413(service, upstream):
 
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
     conn.request("POST", "/api/proxy/external", body=chunks(), encode_chunked=True,
-                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+                          **service.headers})
     response = conn.getresponse()
     assert response.status == 413
     assert json.loads(response.read())["error"]["code"] == "PAYLOAD_TOO_LARGE"
@@ -151,7 +154,8 @@ def test_small_chunked_body_is_accepted(service):
     data = json.dumps(body()).encode()
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
     conn.request("POST", "/api/proxy/external", body=iter([data[:10], data[10:]]),
-                 encode_chunked=True, headers={"Content-Type": "application/json"})
+                 encode_chunked=True, headers={"Content-Type": "application/json",
+                                               **service.headers})
     response = conn.getresponse()
     assert response.status == 200, response.read()
     conn.close()

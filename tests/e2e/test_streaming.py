@@ -35,7 +35,7 @@ def read_stream(service, body):
     """POST and read the answer chunk by chunk; returns (response, [(arrival, bytes)])."""
     started = time.monotonic()
     response = requests.post(f"{service.url}/api/proxy/external", json=body, stream=True,
-                             timeout=10)
+                             headers=service.headers, timeout=10)
     chunks = [(time.monotonic() - started, chunk)
               for chunk in response.iter_content(chunk_size=None)]
     return response, chunks, started
@@ -114,7 +114,7 @@ def test_error_status_before_the_stream_is_the_json_envelope(service):
             "payload": {"stream": True, "stub": "status", "status": 429,
                         "headers": {"retry-after": "9"},
                         "body": {"type": "error", "error": {"type": "rate_limit_error"}}}}
-    response = requests.post(f"{service.url}/api/proxy/external", json=body, timeout=10)
+    response = service.post(body)
     assert response.status_code == 429
     assert response.headers["Content-Type"] == "application/json"
     assert response.headers["retry-after"] == "9"
@@ -127,7 +127,8 @@ def hang_up_after_first_event(service, stream_id):
                                    "interval": 0.05}}).encode()
     sock = socket.create_connection(("127.0.0.1", service.port), timeout=5)
     sock.sendall(b"POST /api/proxy/external HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                 b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                 b"application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                 % (service.raw_headers, len(body), body))
     assert b"data: " in sock.recv(65536) or b"data: " in sock.recv(65536)
     sock.close()
     return time.monotonic()
@@ -170,9 +171,8 @@ def summary_line(service, rid):
 def test_one_log_line_per_stream_says_how_it_ended(service, stub, ended):
     events = FORMATS["cohere_chat"][:4]
     rid = "stream-" + uuid.uuid4().hex
-    response = requests.post(f"{service.url}/api/proxy/external", timeout=10,
-                             json=stream_body("cohere_chat", events=events, **stub),
-                             headers={"X-Request-ID": rid})
+    response = service.post(stream_body("cohere_chat", events=events, **stub),
+                            headers={"X-Request-ID": rid})
     assert response.status_code == 200
     line = summary_line(service, rid)
     assert (line["stream"], line["status"], line["upstreamStatus"], line["ended"]) == (
