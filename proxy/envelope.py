@@ -96,15 +96,32 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    # A repeated key is refused: parsers disagree on which copy wins (the first, the last),
+    # so a body that a filter in front of us reads one way could be forwarded another.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+_strict = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                           object_pairs_hook=_unique_keys)
 
 
 def loads_strict(data: bytes) -> object:
-    """Parse standard JSON only: UTF-8, no NaN/Infinity, no overflowing numbers.
+    """Parse standard JSON only: UTF-8, no NaN/Infinity, no overflowing numbers, no repeated
+    keys, no lone surrogate escapes (they cannot be sent on as UTF-8).
 
     Raises ValueError for anything else, deep nesting included (json raises RecursionError).
     """
+    text = data.decode("utf-8")
     try:
-        return _strict.decode(data.decode("utf-8"))
+        value = _strict.decode(text)
+        if "\\ud" in text or "\\uD" in text:  # rare: only then can a lone surrogate hide
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
     except RecursionError:
         raise ValueError("nested too deeply") from None
+    except UnicodeEncodeError:
+        raise ValueError("lone surrogate") from None
+    return value
