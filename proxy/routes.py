@@ -103,7 +103,8 @@ def _json_object_body() -> dict:
     try:
         body = envelope.loads_strict(b"".join(data))
     except ValueError:
-        raise ValidationError("Body is not valid JSON (UTF-8, standard literals, no repeated keys).") from None
+        raise ValidationError(
+            "Body is not valid JSON (UTF-8, standard literals, no repeated keys).") from None
     if not isinstance(body, dict):
         raise ValidationError("Body must be a JSON object.")
     return body
