@@ -1,6 +1,7 @@
 """End-to-end fixtures: the real service under gunicorn, against stand-in providers, on loopback."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -34,10 +35,15 @@ def base_urls(root: str) -> dict[str, str]:
 class RunningService:
     """gunicorn in a subprocess on 127.0.0.1 (the -b flag overrides the config's bind)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], *, isolated: bool = False) -> None:
+        """`isolated`: in a network namespace of its own (root only), where nothing it sends
+        can leave the machine, not even a DNS query; reached over a Unix socket."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.socket_path = workdir / "service.sock" if isolated else None
+        bind = f"unix:{self.socket_path}" if isolated else f"127.0.0.1:{self.port}"
+        prefix = ["unshare", "--net", "--"] if isolated else []
         self.log_path = workdir / "service.log"
         tokens = env.get("PROXY_ACCESS_TOKENS")
         # What every call to this instance sends: its access token, when it has any.
@@ -54,8 +60,8 @@ class RunningService:
         full_env.pop("GUNICORN_CMD_ARGS", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-                 "-b", f"127.0.0.1:{self.port}", "app:app"],
+                [*prefix, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+                 "-b", bind, "app:app"],
                 cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_until_ready()
 
@@ -65,12 +71,31 @@ class RunningService:
             if self.proc.poll() is not None:
                 break
             try:
-                if requests.get(f"{self.url}/api/proxy/health", timeout=1).status_code == 200:
+                if self.request("GET", "/api/proxy/health")[0] == 200:
                     return
-            except requests.ConnectionError:
+            except OSError:
                 time.sleep(0.1)
         self.stop()
         pytest.fail(f"service did not start; log tail:\n{self.log()[-3000:]}")
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                timeout: float = 10) -> tuple[int, dict]:
+        """One call over a new connection (TCP, or the Unix socket when isolated)."""
+        if self.socket_path:
+            conn = http.client.HTTPConnection("localhost", timeout=timeout)
+            conn.sock = socket.socket(socket.AF_UNIX)
+            conn.sock.settimeout(timeout)
+            conn.sock.connect(str(self.socket_path))
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            data = None if body is None else json.dumps(body).encode()
+            conn.request(method, path, body=data,
+                         headers={"Content-Type": "application/json", **self.headers})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -93,8 +118,8 @@ class RunningService:
                 self.proc.wait()
 
 
-def start_service(workdir: Path, env: dict[str, str]) -> RunningService:
-    service = RunningService(workdir, env)
+def start_service(workdir: Path, env: dict[str, str], **kwargs) -> RunningService:
+    service = RunningService(workdir, env, **kwargs)
     STARTED.append(service)
     return service
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 # What Cohere's /v2/chat answers: cohere_generate's translated request gets this.
@@ -99,8 +102,14 @@ class _Handler(BaseHTTPRequestHandler):
     _stall = _truncated  # with a `delay` past the proxy's read timeout
 
     def _redirect(self, payload: dict) -> None:
+        # `loop`: back to the very URL asked for, as a misconfigured gateway does forever.
+        target = self.path if payload.get("loop") else "/redirected"
         self._send(payload.get("status", 302), b'{"moved": true}',
-                   {"Location": f"{self.server.stub.url}/redirected"})
+                   {"Location": f"{self.server.stub.url}{target}"})
+
+    def _big(self, payload: dict) -> None:
+        """A valid JSON answer of about `size` bytes."""
+        self._send(200, b'{"data": "' + b"x" * payload["size"] + b'"}')
 
     def _sse(self, payload: dict) -> None:
         """Chunked SSE: each event in its own chunk, `interval` apart; then `then`."""
@@ -180,6 +189,42 @@ class Upstream:
     def __exit__(self, *exc) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class TLSStandIn:
+    """A TLS listener on 127.0.0.1 whose certificate (self-signed, made with openssl) no client
+    trusts. It records every connection and every byte that arrives after a handshake."""
+
+    def __init__(self, workdir: Path) -> None:
+        cert, key = workdir / "cert.pem", workdir / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True, timeout=30)
+        self._context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._context.load_cert_chain(cert, key)
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self._server.getsockname()[1]}"
+        self.connections = 0
+        self.received = b""
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            self.connections += 1
+            try:
+                with self._context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(2)
+                    self.received += tls.recv(65536)
+            except (ssl.SSLError, OSError):
+                conn.close()  # the client gave up in the handshake: nothing was sent
+
+    def close(self) -> None:
+        self._server.close()
 
 
 class Blackhole:
