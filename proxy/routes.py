@@ -110,17 +110,27 @@ def _json_object_body() -> dict:
     return body
 
 
+_ALL_OPTION_HEADERS = tuple(dict.fromkeys(
+    name for provider in PROVIDERS.values() for name in provider.option_headers))
+
+
 def _option_headers(service: Service) -> dict[str, str]:
-    """The provider option headers the client sent, for this service's provider only."""
+    """The provider option headers the client sent, for this service's provider only.
+
+    Every option header is checked, whichever provider it is for: a bad value is refused
+    even where it would not be forwarded, as openapi.yaml says.
+    """
+    mine = PROVIDERS[service.provider].option_headers
     options = {}
-    for name in PROVIDERS[service.provider].option_headers:
+    for name in _ALL_OPTION_HEADERS:
         value = request.headers.get(name, "")
         if not value:
             continue
         if len(value) > OPTION_HEADER_MAX or not is_printable_ascii(value):
             raise ValidationError("Invalid option header.", details={"headers": {name: [
                 f"Must be printable ASCII, at most {OPTION_HEADER_MAX} characters."]}})
-        options[name] = value
+        if name in mine:
+            options[name] = value
     return options
 
 

@@ -135,6 +135,8 @@ CASES = {
         option("anthropic_claude", "anthropic-version", "2023-06-01\r\nX-Evil: 1"), BAD),
     "LF injection in anthropic-beta": (
         option("anthropic_claude", "anthropic-beta", "a\nX-Evil: 1"), BAD),
+    "a bad anthropic-version on an OpenAI call": (
+        option("openai_chat", "anthropic-version", "1\r\nX-Evil: 1"), BAD),
     "NUL in OpenAI-Organization": (option("openai_chat", "OpenAI-Organization", "org\x00x"), BAD),
     "non-ASCII in OpenAI-Project": (option("openai_chat", "OpenAI-Project", "proj-é"), BAD),
     "a 300-byte anthropic-beta": (option("anthropic_claude", "anthropic-beta", "b" * 300), BAD),

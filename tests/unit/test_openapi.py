@@ -35,3 +35,11 @@ def test_forward_documents_each_error_status(status):
 def test_request_fields_are_the_schema_fields():
     from proxy.schemas import ProxyRequestSchema
     assert set(SCHEMAS["ProxyRequest"]["properties"]) == set(ProxyRequestSchema().fields)
+
+
+def test_cohere_generate_fields_are_the_schema_fields():
+    from proxy.schemas import CohereGenerateSchema
+    spec = SCHEMAS["CohereGeneratePayload"]
+    assert set(spec["properties"]) == set(CohereGenerateSchema().fields)
+    assert spec["required"] == [name for name, field in CohereGenerateSchema().fields.items()
+                                if field.required]
