@@ -64,7 +64,8 @@ MIX = {
     "unresolvable": (3, {**chat(), "target_service": "cohere_chat"}, 502),
     "bad JSON from client": (3, b'{"target_service": "openai_chat", "api_key": ', 400),
     "no access token": (2, chat(), 401),
-    "hang up mid-stream": (2, chat(stream=True, stub="sse_forever", interval=0.05), None),
+    "hang up mid-stream": (2, chat(stream=True, stub="sse_forever", interval=0.05, id="soak"),
+                           None),
 }
 if not ISOLATED:
     del MIX["unresolvable"]
@@ -172,12 +173,11 @@ def report(threads: list[Client], samples: list, duration: float, service: Servi
         if status != (MIX[name][2] or "hung up"):
             wrong[name, status] += n
     log = service.log_path.read_text(errors="replace")
-    # Memory and descriptors: medians of the first and last 10 s of the steady state.
-    first, last = samples[:10], samples[-10:]
-    mem_start = statistics.median(m for _, m, _ in first)
-    mem_end = statistics.median(m for _, m, _ in last)
-    fds_start = statistics.median(f for _, _, f in first)
-    fds_end = statistics.median(f for _, _, f in last)
+    # Memory and descriptors: medians of the first, middle and last 10 s of the steady state.
+    middle = len(samples) // 2
+    windows = samples[:10], samples[middle - 5:middle + 5], samples[-10:]
+    mem_start, mem_mid, mem_end = (statistics.median(m for _, m, _ in w) for w in windows)
+    fds_start, _, fds_end = (statistics.median(f for _, _, f in w) for w in windows)
     print(f"| soak ({'network namespace' if ISOLATED else 'no namespace: DNS fault left out'}) "
           f"| {duration:.0f} s, {len(threads)} clients |")
     print("| --- | --- |")
@@ -187,8 +187,9 @@ def report(threads: list[Client], samples: list, duration: float, service: Servi
     print(f"| 500s | {by_status.get(500, 0)} |")
     print(f"| answers not as the contract says | {sum(wrong.values())} "
           + (f"({dict(wrong)})" if wrong else "") + " |")
-    print(f"| memory (PSS, master + workers), steady start -> end | {mem_start:.1f} MB -> "
-          f"{mem_end:.1f} MB ({(mem_end - mem_start) / mem_start * 100:+.1f}%) |")
+    print(f"| memory (PSS, master + workers), steady start -> middle -> end | {mem_start:.1f} "
+          f"-> {mem_mid:.1f} -> {mem_end:.1f} MB ({(mem_end - mem_start) / mem_start * 100:+.1f}%"
+          f"; peak {max(m for _, m, _ in samples):.1f} MB) |")
     print(f"| open file descriptors, steady start -> end | {fds_start:.0f} -> {fds_end:.0f} |")
     print(f"| key or token in the service's output | "
           f"{'YES' if KEY in log or TOKEN in log else 'no'} |")
