@@ -82,16 +82,20 @@ class Client(threading.Thread):
         self.conn: http.client.HTTPConnection | None = None
         self.names, weights = list(MIX), [w for w, _, _ in MIX.values()]
         self.weights = weights
+        self.last_body = b""
+        self.unexpected: list[tuple[str, object, bytes]] = []  # (name, status, body)
 
     def run(self) -> None:
         while time.monotonic() < self.stop_at:
             name = self.rng.choices(self.names, self.weights)[0]
             try:
                 status = self.hang_up() if MIX[name][2] is None else self.call(name)
-            except OSError:
-                status = "connection error"
+            except OSError as e:
+                status, self.last_body = "connection error", repr(e).encode()
                 self.conn = None
             self.counts[name, status] += 1
+            if status != (MIX[name][2] or "hung up"):
+                self.unexpected.append((name, status, self.last_body[:400]))
 
     def call(self, name: str):
         _, body, _ = MIX[name]
@@ -103,7 +107,7 @@ class Client(threading.Thread):
             self.conn = http.client.HTTPConnection(self.host, int(self.port), timeout=30)
         self.conn.request("POST", "/api/proxy/external", body=data, headers=headers)
         response = self.conn.getresponse()
-        response.read()
+        self.last_body = response.read()
         if response.getheader("Connection", "").lower() == "close":
             self.conn.close()
             self.conn = None
@@ -194,6 +198,8 @@ def report(threads: list[Client], samples: list, duration: float, service: Servi
     print(f"| key or token in the service's output | "
           f"{'YES' if KEY in log or TOKEN in log else 'no'} |")
     print(f"| mix | {', '.join(f'{name} {w}' for name, (w, _, _) in MIX.items())} |")
+    for name, status, body in [u for thread in threads for u in thread.unexpected][:10]:
+        print(f"\nnot as the contract says: {name} -> {status}: {body.decode(errors='replace')}")
 
 
 def main() -> None:
