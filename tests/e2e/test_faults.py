@@ -4,7 +4,9 @@ name that does not resolve, a redirect loop, a 10 MB answer and an answer that i
 documented code within its documented time."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import shutil
 import subprocess
 import time
@@ -90,3 +92,22 @@ def test_a_2xx_answer_that_is_not_json_is_external_service_error(service, answer
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "EXTERNAL_SERVICE_ERROR"
     assert response.json()["error"]["upstreamStatus"] == 200
+
+
+@pytest.mark.parametrize(("name", "head"), [
+    ("a 100 KB option header", b"anthropic-version: " + b"v" * 100_000 + b"\r\n"),
+    ("300 headers", b"".join(b"X-H%d: 1\r\n" % i for i in range(300))),
+    ("a header without a colon", b"not a header\r\n"),
+])
+def test_absurd_headers_are_refused_by_the_server_before_the_app(service, upstream, name, head):
+    """gunicorn answers these itself (README, Errors): a 4xx, never a 5xx, no provider call."""
+    before = len(upstream.requests)
+    data = json.dumps(body()).encode()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=5) as sock:
+        sock.sendall(b"POST /api/proxy/external HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\n%s%sContent-Length: %d\r\n\r\n%s"
+                     % (service.raw_headers, head, len(data), data))
+        answer = sock.recv(65536)
+    status = int(answer.split(b" ", 2)[1])
+    assert 400 <= status < 500, answer[:200]
+    assert len(upstream.requests) == before
