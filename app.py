@@ -6,7 +6,7 @@ import os
 from flask import Flask
 from flask_cors import CORS
 
-from config import PROVIDERS, ConfigError, Settings
+from config import OPTION_HEADERS, ConfigError, Settings
 from proxy.access import register_rate_limit
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
@@ -16,8 +16,7 @@ from proxy.upstream import Upstream
 
 # Our headers and every provider's option headers (from the registry), so browsers may send
 # them; and the ones they may read in answers.
-_CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID",
-               *dict.fromkeys(h for p in PROVIDERS.values() for h in p.option_headers)]
+_CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID", *OPTION_HEADERS]
 _CORS_EXPOSE = ["X-Request-ID", "X-Upstream-Request-ID", "Retry-After", "retry-after-ms",
                 "x-should-retry"]
 

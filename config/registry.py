@@ -46,6 +46,10 @@ PROVIDERS: Mapping[str, Provider] = MappingProxyType({p.name: p for p in (
     Provider("cohere", "https://api.cohere.com", "CO_API_URL", "Authorization", "Bearer "),
 )})
 
+# Every provider's option headers, each once: the ones a client may send (contract §5).
+OPTION_HEADERS: tuple[str, ...] = tuple(dict.fromkeys(
+    name for provider in PROVIDERS.values() for name in provider.option_headers))
+
 SERVICES: Mapping[str, Service] = MappingProxyType({s.name: s for s in (
     Service("openai_chat", "openai", "/chat/completions", streams=True),
     Service("openai_responses", "openai", "/responses", streams=True),

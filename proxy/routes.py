@@ -7,7 +7,7 @@ from typing import Iterator
 import marshmallow as ma
 from flask import Blueprint, Response, current_app, g, request
 
-from config import PROVIDERS, SERVICES, VERSION, Service
+from config import OPTION_HEADERS, PROVIDERS, SERVICES, VERSION, Service
 from proxy import access, envelope, logs, metrics
 from proxy.errors import MissingApiKeyError, PayloadTooLargeError, ProxyError, ValidationError
 from proxy.logs import RequestLog
@@ -110,10 +110,6 @@ def _json_object_body() -> dict:
     return body
 
 
-_ALL_OPTION_HEADERS = tuple(dict.fromkeys(
-    name for provider in PROVIDERS.values() for name in provider.option_headers))
-
-
 def _option_headers(service: Service) -> dict[str, str]:
     """The provider option headers the client sent, for this service's provider only.
 
@@ -122,7 +118,7 @@ def _option_headers(service: Service) -> dict[str, str]:
     """
     mine = PROVIDERS[service.provider].option_headers
     options = {}
-    for name in _ALL_OPTION_HEADERS:
+    for name in OPTION_HEADERS:
         value = request.headers.get(name, "")
         if not value:
             continue

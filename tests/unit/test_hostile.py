@@ -97,6 +97,9 @@ CASES = {
     "duplicate key inside the payload": (with_payload('{"model": "a", "x": {"k": 1, "k": 2}}'),
                                          BAD),
     "a lone surrogate escape": (with_payload('{"input": "\\ud800"}'), BAD),
+    "a lone surrogate in an unknown field's name": (text(
+        '{"target_service": "openai_chat", "api_key": "%s", "payload": {}, "\\udc00": 1}'
+        % FAKE_KEY), BAD),
     "a raw control character in a string": (with_payload('{"input": "a\x00b"}'), BAD),
     "a raw newline in a string": (with_payload('{"input": "a\nb"}'), BAD),
 
