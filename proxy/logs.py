@@ -13,7 +13,9 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-# A last line of defence: should any library ever print a credential, mask it.
+# A last line of defence: should any library ever print a credential, mask it. The words the
+# pattern starts with are looked for first: the regex costs 20 us a line, the look-up 1 us.
+_SECRET_WORDS = ("bearer", "api-key", "api_key")
 _SECRET = re.compile(
     r"(?i)(bearer\s+|x-api-key['\"]?\s*[:=]\s*['\"]?|api_key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+")
 
@@ -40,7 +42,10 @@ def forget_secrets() -> None:
 def redact(text: str) -> str:
     for secret in _request_secrets.get():
         text = text.replace(secret, "[REDACTED]")
-    return _SECRET.sub(r"\1[REDACTED]", text)
+    lowered = text.lower()
+    if any(word in lowered for word in _SECRET_WORDS):
+        text = _SECRET.sub(r"\1[REDACTED]", text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):
@@ -63,6 +68,10 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(level: str) -> None:
     """Send every logger's records to stderr as JSON lines, once per process."""
     logging.captureWarnings(True)  # Python warnings become JSON lines too
+    # No line shows a thread, process or source line: skip looking them up for every record
+    # (the logging HOWTO's "Optimization" settings; the source lookup is a third of a record).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    logging._srcfile = None
     root = logging.getLogger()
     root.setLevel(level)
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):

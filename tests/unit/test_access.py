@@ -6,6 +6,7 @@ import pytest
 
 from app import create_app
 from config import ConfigError, Settings
+from proxy import logs
 from proxy.access import client_address
 from proxy.logs import JsonFormatter
 from tests.conftest import ACCESS_TOKENS, FAKE_KEY
@@ -251,3 +252,19 @@ def test_the_mask_ends_with_the_request(mocked):
     assert other not in JsonFormatter().format(record)  # still this request's context
     client.get("/api/proxy/health")  # the next request on this thread
     assert other in JsonFormatter().format(record)
+
+
+@pytest.mark.parametrize("line", [
+    "Authorization: Bearer abc.def-123", "authorization: BEARER abc.def-123",
+    "x-api-key: abc.def-123", "X-Api-Key='abc.def-123'", '{"api_key": "abc.def-123"}',
+    "API_KEY=abc.def-123",
+])
+def test_credential_shapes_are_masked_whoever_prints_them(line):
+    """The last line of defence catches a credential no request registered, in any case."""
+    masked = logs.redact(line)
+    assert "abc.def-123" not in masked and "[REDACTED]" in masked
+
+
+def test_lines_without_a_credential_shape_are_left_alone():
+    line = '{"message": "proxied request", "payloadKeys": ["model", "input"], "bear": 1}'
+    assert logs.redact(line) == line
