@@ -72,8 +72,8 @@ def details_from(body: bytes, raw_json: RawJSON | None) -> RawJSON | str | None:
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     """The provider's rate-limit, retry and request-id headers; no other header passes."""
     out = {}
-    for name, value in upstream.items():
-        lower = name.lower()
+    for name in upstream:  # a repeated header comes once, its values joined
+        value, lower = upstream[name], name.lower()
         if lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES):
             out[name] = value
         elif lower in _UPSTREAM_ID_HEADERS:

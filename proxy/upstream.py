@@ -10,6 +10,8 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
+from urllib3 import HTTPConnectionPool
+from urllib3 import HTTPResponse as Urllib3Response
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -33,6 +35,46 @@ class Reply:
     chunks: Iterator[bytes] | None = None
 
 
+class _ProviderAdapter(HTTPAdapter):
+    """The Session's adapter, without the per-call work this service never needs.
+
+    Every call of a service goes to the same URL, with no proxy and the default TLS settings,
+    so its connection pool is looked up once; and an answer gets no cookie jar or charset
+    guess, as its bytes are relayed as they are. These are the hooks requests keeps for
+    subclasses; send() itself, with its error translation, is requests' own.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pools: dict[str, HTTPConnectionPool] = {}
+
+    def get_connection_with_tls_context(self, request: requests.PreparedRequest,
+                                        verify: Any, proxies: Any = None,
+                                        cert: Any = None) -> HTTPConnectionPool:
+        pool = self._pools.get(request.url)
+        if pool is None:
+            pool = self._pools[request.url] = super().get_connection_with_tls_context(
+                request, verify, proxies, cert)
+        return pool
+
+    def close(self) -> None:
+        super().close()  # forgets the pools, but leaves their connections open
+        for pool in self._pools.values():
+            pool.close()
+        self._pools.clear()
+
+    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
+        return request.path_url  # never through a proxy
+
+    def build_response(self, req: requests.PreparedRequest,
+                       resp: Urllib3Response) -> requests.Response:
+        response = requests.Response()
+        response.status_code, response.headers, response.raw = resp.status, resp.headers, resp
+        response.reason, response.url, response.request = resp.reason, req.url, req
+        response.connection = self
+        return response
+
+
 def _session(settings: Settings) -> requests.Session:
     """A provider's connection pool: the Session's mounted adapter.
 
@@ -42,8 +84,8 @@ def _session(settings: Settings) -> requests.Session:
     session = requests.Session()
     retries = Retry(total=None, connect=settings.upstream_retries, read=False, redirect=False,
                     status=0, other=0)  # read=False keeps a read timeout a Timeout (504)
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
-                          max_retries=retries)
+    adapter = _ProviderAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
+                               max_retries=retries)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

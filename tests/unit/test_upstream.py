@@ -127,6 +127,13 @@ def test_anthropic_headers_pass_through_on_success(client, mocked):
     assert "Set-Cookie" not in response.headers
 
 
+def test_a_repeated_provider_header_is_passed_once_with_its_values_joined(client, mocked):
+    mocked.post(URL, json={}, headers=[("x-ratelimit-limit-requests", "60"),
+                                       ("X-RateLimit-Limit-Requests", "1000")])
+    response = post(client)
+    assert response.headers.getlist("x-ratelimit-limit-requests") == ["60, 1000"]
+
+
 def test_provider_cookies_are_never_sent_back(client, mocked):
     mocked.post(URL, json={}, headers={"Set-Cookie": "session=abc; Path=/"})
     mocked.post(URL, json={})
@@ -142,6 +149,21 @@ def test_pools_spell_out_their_size_and_retries():
         assert adapter._pool_maxsize == 5
         retry = adapter.max_retries
         assert (retry.connect, retry.read, retry.redirect, retry.status) == (3, False, False, 0)
+    upstream.close()
+
+
+def test_a_service_finds_its_pool_once_and_a_new_one_after_close():
+    upstream = Upstream(make_settings())
+    request = requests.Request("POST", URL).prepare()
+    adapter = upstream._sessions["openai"].get_adapter(URL)
+    pool = adapter.get_connection_with_tls_context(request, True)
+    assert adapter.get_connection_with_tls_context(request, True) is pool
+    assert (pool.scheme, pool.host, pool.port) == ("http", "127.0.0.1", 9)
+    assert adapter.request_url(request, None) == "/v1/chat/completions"
+    upstream.close()
+    assert pool.pool is None  # its connections were closed
+    reopened = adapter.get_connection_with_tls_context(request, True)
+    assert reopened is not pool and reopened.pool is not None
     upstream.close()
 
 
