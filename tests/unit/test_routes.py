@@ -292,6 +292,17 @@ def test_cors_preflight_for_json_post(mocked):
     assert {"content-type", "anthropic-beta", "openai-project"} <= set(allowed.split(", "))
 
 
+def test_cors_headers_go_to_browsers_only(mocked):
+    """Browsers always send Origin; other callers' answers carry no CORS headers."""
+    client = create_app(make_settings(cors_origins=("*",))).test_client()
+    mocked.post(service_url("openai_chat"), json={})
+    plain = client.post(EXTERNAL, json=body())
+    assert not [name for name in plain.headers.keys() if name.startswith("Access-Control-")]
+    browser = client.get("/api/proxy/health", headers={"Origin": "https://any.example"})
+    assert browser.headers["Access-Control-Allow-Origin"] == "https://any.example"
+    assert "X-Request-ID" in browser.headers["Access-Control-Expose-Headers"]
+
+
 def test_cors_other_origin_gets_no_allow_header(mocked):
     app = create_app(make_settings(cors_origins=("https://app.example",)))
     response = app.test_client().get("/api/proxy/health", headers={"Origin": "https://evil.example"})
