@@ -1,6 +1,6 @@
 """The comparison baseline: the plain Flask + requests.Session.post + json proxy most people
 write first (parse, post, parse the answer, jsonify it again). Run by bench/run.py under gunicorn's
-gthread worker with the same worker and thread counts as the service."""
+gthread worker, with gunicorn's usual 2 x cores + 1 workers of 8 threads each."""
 import os
 
 import requests

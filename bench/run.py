@@ -168,7 +168,7 @@ def measure(args: argparse.Namespace) -> None:
     root = f"http://127.0.0.1:{nginx.port}"
     env = {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
            "JINA_BASE_URL": f"{root}/jina/v1"}
-    workers = 2 * (os.cpu_count() or 1) + 1
+    naive_workers = 2 * (os.cpu_count() or 1) + 1  # gunicorn's usual advice for gthread
     rows: dict[str, dict[str, str]] = {}
 
     def put(row: str, case: str, value: str) -> None:
@@ -180,7 +180,7 @@ def measure(args: argparse.Namespace) -> None:
         started.append(ours)
         naive = Service(env, app="bench.naive_proxy:app",
                         args=("-c", "python:bench", "-k", "gthread", "--threads", "8",
-                              "-w", str(workers)))
+                              "-w", str(naive_workers)))
         started.append(naive)
         for case, (service, path, name) in CASES.items():
             body = proxy_body(service)
@@ -221,8 +221,8 @@ def measure(args: argparse.Namespace) -> None:
                                      args.seconds / 2, True)
             first.append(statistics.median(proxied) - statistics.median(direct))
         put("first streamed event, added (p50)", "chat", f"+{statistics.median(first):.2f} ms")
-        put(f"memory after load, WEB_CONCURRENCY={workers} (master + workers, PSS)", "chat",
-            f"{ours.memory_mb():.0f} MB")
+        put(f"memory after load, default settings ({len(ours.pids()) - 1} workers; master + "
+            "workers, PSS)", "chat", f"{ours.memory_mb():.0f} MB")
         for service in started:
             service.stop()
         started.clear()

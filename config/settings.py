@@ -24,8 +24,11 @@ class ConfigError(ValueError):
     """A variable has a value the service cannot run with; the message names it."""
 
 
-def _default_workers() -> int:
-    return 2 * (os.cpu_count() or 1) + 1
+def _default_workers(worker_class: str = "gevent") -> int:
+    """One gevent worker per core (each holds many calls at once in greenlets); gthread's
+    blocking threads want gunicorn's usual 2 x cores + 1."""
+    cores = os.cpu_count() or 1
+    return cores if worker_class == "gevent" else 2 * cores + 1
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,7 @@ class Settings:
     environment: str = "development"
     port: int = 8000
     web_concurrency: int = field(default_factory=_default_workers)
-    gunicorn_worker_class: str = "gthread"
+    gunicorn_worker_class: str = "gevent"
     gunicorn_threads: int = 8
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 300.0
@@ -62,12 +65,13 @@ class Settings:
         """Parse and check every variable; raise ConfigError naming the first bad one."""
         environment = _choice(environ, "ENVIRONMENT", "development", ENVIRONMENTS, str.lower)
         cors_default = "*" if environment == "development" else ""
+        worker_class = _choice(environ, "GUNICORN_WORKER_CLASS", "gevent", WORKER_CLASSES,
+                               str.lower)
         return cls(
             environment=environment,
             port=_integer(environ, "PORT", 8000, minimum=1, maximum=65535),
-            web_concurrency=_integer(environ, "WEB_CONCURRENCY", _default_workers()),
-            gunicorn_worker_class=_choice(environ, "GUNICORN_WORKER_CLASS", "gthread",
-                                          WORKER_CLASSES, str.lower),
+            web_concurrency=_integer(environ, "WEB_CONCURRENCY", _default_workers(worker_class)),
+            gunicorn_worker_class=worker_class,
             gunicorn_threads=_integer(environ, "GUNICORN_THREADS", 8),
             upstream_connect_timeout=_seconds(environ, "UPSTREAM_CONNECT_TIMEOUT", 5.0),
             upstream_read_timeout=_seconds(environ, "UPSTREAM_READ_TIMEOUT", 300.0),

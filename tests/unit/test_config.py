@@ -7,12 +7,17 @@ from config import PROVIDERS, ConfigError, Settings
 from tests.unit.conftest import make_settings
 
 
+def test_gthread_defaults_to_two_workers_per_core_and_one():
+    s = Settings.from_env({"GUNICORN_WORKER_CLASS": "gthread"})
+    assert s.web_concurrency == 2 * (os.cpu_count() or 1) + 1
+
+
 def test_defaults_match_the_contract_table():
     s = Settings.from_env({})
     assert s.environment == "development"
     assert s.port == 8000
-    assert s.web_concurrency == 2 * (os.cpu_count() or 1) + 1
-    assert s.gunicorn_worker_class == "gthread"
+    assert s.web_concurrency == (os.cpu_count() or 1)  # gevent: one worker per core
+    assert s.gunicorn_worker_class == "gevent"
     assert s.gunicorn_threads == 8
     assert s.upstream_connect_timeout == 5.0
     assert s.upstream_read_timeout == 300.0
