@@ -10,7 +10,7 @@ from proxy import logs
 from proxy.access import client_address
 from proxy.logs import JsonFormatter
 from tests.conftest import ACCESS_TOKENS, FAKE_KEY
-from tests.unit.conftest import body, make_settings, service_url
+from tests.unit.conftest import Lines, body, make_settings, service_url
 
 TOKENS = ACCESS_TOKENS
 
@@ -21,9 +21,10 @@ def guarded():
     return app.test_client()
 
 
-@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong", "tok-alpha-1-NEVER-LOG",
-                                           "Basic dG9rLWFscGhhLTEtTkVWRVItTE9H", "Bearer tok-alpha-1-NEVER-LOGx",
-                                           "bearer tok-alpha-1-NEVER-LOG"])
+@pytest.mark.parametrize("authorization", [
+    None, "", "Bearer", "Bearer wrong", "tok-alpha-1-NEVER-LOG",
+    "Basic dG9rLWFscGhhLTEtTkVWRVItTE9H", "Bearer tok-alpha-1-NEVER-LOGx",
+    "bearer tok-alpha-1-NEVER-LOG"])
 def test_proxy_without_a_valid_token_is_401_and_reaches_no_provider(guarded, mocked,
                                                                      authorization):
     headers = {} if authorization is None else {"Authorization": authorization}
@@ -65,7 +66,8 @@ def test_without_tokens_the_proxy_is_open(client, mocked):
 
 
 def test_tokens_are_never_logged_or_printed(guarded, caplog):
-    guarded.post("/api/proxy/external", json=body(), headers={"Authorization": "Bearer tok-alpha-1-NEVER-LOG"})
+    guarded.post("/api/proxy/external", json=body(),
+                 headers={"Authorization": "Bearer tok-alpha-1-NEVER-LOG"})
     guarded.post("/api/proxy/external", json=body(), headers={"Authorization": "Bearer nope-3"})
     for secret in (*TOKENS, "nope-3"):
         assert secret not in caplog.text
@@ -170,7 +172,8 @@ def test_with_tokens_each_token_has_its_own_count_and_strangers_count_by_address
                            environ_base={"REMOTE_ADDR": address}).status_code
 
     assert post("Bearer tok-alpha-1-NEVER-LOG") == 200
-    assert post("Bearer tok-alpha-1-NEVER-LOG", "192.0.2.99") == 429  # a token's count follows the token
+    # A token's count follows the token, whatever the address.
+    assert post("Bearer tok-alpha-1-NEVER-LOG", "192.0.2.99") == 429
     assert post("Bearer tok-beta-2-NEVER-LOG") == 200
     # Guessing tokens is limited too, per address, before the token is even checked.
     assert post("Bearer guess-1") == 401
@@ -205,18 +208,6 @@ def test_bad_rate_limit_settings_name_the_variable_and_never_a_password(name, va
     with pytest.raises(ConfigError, match=f"^{name} must be") as caught:
         Settings.from_env({name: value})
     assert "secretpw" not in str(caught.value)
-
-
-class Lines(logging.Handler):
-    """Formats each record as it is emitted, as the service's stderr handler does."""
-
-    def __init__(self):
-        super().__init__()
-        self.setFormatter(JsonFormatter())
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(self.format(record))
 
 
 def test_a_library_printing_the_requests_key_or_token_is_masked(mocked):
