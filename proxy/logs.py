@@ -1,6 +1,6 @@
 """JSON-lines logging: the formatter, the one line per request, and redaction.
 
-Standard library only, so that gunicorn.conf.py can import it before the app exists.
+No Flask here, so that gunicorn.conf.py can import it before the app exists.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+import orjson
 
 # A last line of defence: should any library ever print a credential, mask it. The words the
 # pattern starts with are looked for first: the regex costs 20 us a line, the look-up 1 us.
@@ -62,7 +64,16 @@ class JsonFormatter(logging.Formatter):
         line.update(getattr(record, "fields", {}))
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return redact(json.dumps(line, ensure_ascii=False, default=str))
+        return redact(_dumps(line))
+
+
+def _dumps(line: dict) -> str:
+    # orjson writes a line in a tenth of json's time; json still writes what orjson refuses
+    # (a lone surrogate, an integer past 64 bits).
+    try:
+        return orjson.dumps(line, default=str).decode()
+    except TypeError:
+        return json.dumps(line, ensure_ascii=False, default=str)
 
 
 def configure_logging(level: str) -> None:

@@ -259,3 +259,19 @@ def test_credential_shapes_are_masked_whoever_prints_them(line):
 def test_lines_without_a_credential_shape_are_left_alone():
     line = '{"message": "proxied request", "payloadKeys": ["model", "input"], "bear": 1}'
     assert logs.redact(line) == line
+
+
+@pytest.mark.parametrize("message, fields", [
+    ("proxied request", {"status": 200, "payloadKeys": ["model"], "note": "ünïcode"}),
+    ("a lone \ud800 surrogate", {}),  # the fast encoder refuses it: the stdlib writes the line
+    ("a big number", {"n": 2 ** 70}),
+    ("not JSON by nature", {"at": ipaddress.ip_address("::1")}),  # written as its str()
+])
+def test_every_record_is_one_json_line(message, fields):
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, message, (), None)
+    record.fields = fields
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["message"] == message and parsed["level"] == "info"
+    assert {k: parsed[k] for k in fields} == json.loads(json.dumps(fields, default=str))
