@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import select
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
@@ -9,9 +11,9 @@ from typing import Any, Iterator, Mapping
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from urllib3 import HTTPConnectionPool
 from urllib3 import HTTPResponse as Urllib3Response
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -35,13 +37,45 @@ class Reply:
     chunks: Iterator[bytes] | None = None
 
 
+# The kernel's poll. Under gevent, select.poll is gevent's, which takes a trip through its hub
+# even with a zero timeout (4% of a proxied request); a zero timeout never blocks, so the
+# kernel's is safe in any worker. (Imported before or after gevent patches: right either way.)
+_kernel_poll = (sys.modules["gevent.monkey"].get_original("select", "poll")
+                if "gevent.monkey" in sys.modules else select.poll)
+
+
+class _CheapLivenessCheck:
+    """Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
+    idle timeout does that): readable means closed, or bytes nobody asked for. Same answer as
+    urllib3's own check, from the kernel's poll."""
+
+    sock: Any
+
+    @property
+    def is_connected(self) -> bool:
+        if self.sock is None:
+            return False
+        poller = _kernel_poll()
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)
+
+
+class _HTTPConnection(_CheapLivenessCheck, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_CheapLivenessCheck, HTTPSConnection):
+    pass
+
+
 class _ProviderAdapter(HTTPAdapter):
     """The Session's adapter, without the per-call work this service never needs.
 
     Every call of a service goes to the same URL, with no proxy and the default TLS settings,
-    so its connection pool is looked up once; and an answer gets no cookie jar or charset
-    guess, as its bytes are relayed as they are. These are the hooks requests keeps for
-    subclasses; send() itself, with its error translation, is requests' own.
+    so its connection pool is looked up once (and makes connections with the cheap liveness
+    check); and an answer gets no cookie jar or charset guess, as its bytes are relayed as they
+    are. These are the hooks requests keeps for subclasses; send() itself, with its error
+    translation, is requests' own.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -55,6 +89,7 @@ class _ProviderAdapter(HTTPAdapter):
         if pool is None:
             pool = self._pools[request.url] = super().get_connection_with_tls_context(
                 request, verify, proxies, cert)
+            pool.ConnectionCls = _HTTPSConnection if pool.scheme == "https" else _HTTPConnection
         return pool
 
     def close(self) -> None:
@@ -101,6 +136,15 @@ def _transport_error(exc: Exception, service: str) -> ProxyError:
     if isinstance(exc, (requests.Timeout, ReadTimeoutError)):
         return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
     return NetworkError(f"the connection to {service} failed", service=service)
+
+
+def _dumps(payload: dict[str, Any]) -> bytes:
+    """The payload as compact UTF-8 JSON: orjson, ten times faster, or json for the integers
+    past 64 bits that orjson refuses."""
+    try:
+        return orjson.dumps(payload)
+    except TypeError:
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _scrub(body: bytes, api_key: str) -> bytes:
@@ -178,15 +222,16 @@ class Upstream:
         resolution) that this service needs none of. Redirects are never followed.
         """
         provider = PROVIDERS[service.provider]
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        body = _dumps(payload)
         request = requests.PreparedRequest()
         request.method, request.url, request.body = "POST", self._urls[service.name], body
-        request.headers = CaseInsensitiveDict({
+        # A plain dict: each name is set once, and urllib3 reads it at C speed.
+        request.headers = {
             **self._headers[provider.name],
             provider.auth_header: provider.auth_prefix + api_key,
             "Accept": "text/event-stream" if wants_stream else "application/json",
             "Content-Length": str(len(body)),
-            **options})
+            **options}
         try:
             return self._adapters[service.name].send(request, stream=True, timeout=self._timeout)
         except requests.RequestException as exc:

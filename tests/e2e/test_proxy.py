@@ -54,6 +54,19 @@ def test_upstream_connections_are_kept_alive(service, upstream):
     assert len({r["port"] for r in upstream.requests[-3:]}) == 1
 
 
+def test_a_kept_alive_connection_the_provider_closed_is_not_reused(service, upstream):
+    """Providers close idle connections without warning: the proxy sees it before reusing one
+    and opens another, instead of failing the next call."""
+    with requests.Session() as client:  # one client connection: one worker
+        for stub in ("json_then_hang_up", "json"):
+            response = client.post(f"{service.url}/api/proxy/external", json=body(stub=stub),
+                                   headers=service.headers, timeout=5)
+            assert response.status_code == 200, response.text
+            time.sleep(0.2)  # the provider's close reaches the proxy
+    first, second = upstream.requests[-2:]
+    assert first["port"] != second["port"]
+
+
 def test_data_is_the_provider_body_byte_for_byte(service):
     raw = '{"x": 1e-05, "y": [1.0, 2.50], "z": "\\u00e9"}'
     response = service.post(body(stub="json", answer_raw=raw))

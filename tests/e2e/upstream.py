@@ -82,6 +82,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(payload["status"], raw, payload.get("headers"),
                    payload.get("content_type", "application/json"))
 
+    def _json_then_hang_up(self, payload: dict) -> None:
+        """Answer as kept alive (no Connection: close), then close it, as an idle timeout does."""
+        self._json(payload)
+        self.close_connection = True
+
     def _slow(self, payload: dict) -> None:
         time.sleep(payload["delay"])
         self._json({})

@@ -1,11 +1,13 @@
 import json
+import socket
+
 import pytest
 import requests
 import urllib3.exceptions
 
 from config import SERVICES
 from proxy.errors import client_status
-from proxy.upstream import Upstream, _transport_error
+from proxy.upstream import Upstream, _HTTPConnection, _transport_error
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -174,11 +176,15 @@ def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
         "Incorrect API key [REDACTED]")
 
 
-def test_payload_is_sent_as_compact_json(client, mocked):
+@pytest.mark.parametrize("extra", [{}, {"seed": 2 ** 70}])  # past 64 bits: the json path
+def test_payload_is_sent_as_compact_utf8_json(client, mocked, extra):
     mocked.post(URL, json={})
-    post(client, payload={"model": "m", "temperature": 1e-05, "text": "é"})
-    assert json.loads(mocked.calls[0].request.body) == {
-        "model": "m", "temperature": 1e-05, "text": "é"}
+    payload = {"model": "m", "temperature": 1e-05, "text": "é", "n": [1, {"a": None}], **extra}
+    post(client, payload=payload)
+    sent = mocked.calls[0].request.body
+    assert json.loads(sent) == payload
+    assert b" " not in sent and "é".encode() in sent
+    assert mocked.calls[0].request.headers["Content-Length"] == str(len(sent))
 
 
 @pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if not s.streams
@@ -188,3 +194,19 @@ def test_stream_flag_on_a_service_that_does_not_stream_gets_a_plain_answer(clien
     response = post(client, service=name, payload={"input": "x", "stream": True})
     assert response.get_json()["data"] == {"object": "list"}
     assert mocked.calls[0].request.headers["Accept"] == "application/json"
+
+
+@pytest.mark.parametrize("provider_does", ["nothing", "close", "send unasked bytes"])
+def test_a_pooled_connection_is_reused_only_while_the_provider_keeps_it_quiet(provider_does):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
+        assert not connection.is_connected  # not yet opened
+        connection.connect()
+        peer, _ = server.accept()
+        with peer:
+            if provider_does == "close":
+                peer.shutdown(socket.SHUT_WR)
+            elif provider_does == "send unasked bytes":
+                peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            assert connection.is_connected == (provider_does == "nothing")
+        connection.close()
