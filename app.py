@@ -4,10 +4,10 @@ from __future__ import annotations
 import os
 
 from flask import Flask
-from flask_cors import CORS
 
 from config import OPTION_HEADERS, ConfigError, Settings
 from proxy.access import register_rate_limit
+from proxy.cors import register_cors
 from proxy.errors import register_error_handlers
 from proxy.logs import configure_logging
 from proxy.metrics import register_metrics
@@ -27,11 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["proxy"] = Upstream(settings)  # per app: two test apps never share a pool
     if settings.cors_origins:
-        origins = "*" if "*" in settings.cors_origins else list(settings.cors_origins)
-        # Only browsers need CORS headers, and they always send Origin: the other callers'
-        # answers are spared the work (always_send=False).
-        CORS(app, resources={r"/api/*": {"origins": origins}}, allow_headers=_CORS_ALLOW,
-             expose_headers=_CORS_EXPOSE, max_age=600, always_send=False)
+        register_cors(app, settings.cors_origins, _CORS_ALLOW, _CORS_EXPOSE)
     app.register_blueprint(bp)
     if settings.rate_limit:
         register_rate_limit(app, settings)

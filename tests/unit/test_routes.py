@@ -290,6 +290,29 @@ def test_cors_preflight_for_json_post(mocked):
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     allowed = response.headers["Access-Control-Allow-Headers"].lower()
     assert {"content-type", "anthropic-beta", "openai-project"} <= set(allowed.split(", "))
+    assert response.headers["Access-Control-Max-Age"] == "600"
+    assert "Origin" in response.headers["Vary"]
+
+
+def test_cors_preflight_grants_only_the_headers_the_proxy_reads(mocked):
+    app = create_app(make_settings(cors_origins=("https://app.example",)))
+    response = app.test_client().options(EXTERNAL, headers={
+        "Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "Content-Type,X-Custom, Cookie ,authorization"})
+    assert response.headers["Access-Control-Allow-Headers"] == "Content-Type, authorization"
+
+
+def test_cors_error_answers_are_readable_by_the_page_and_metrics_get_none(mocked):
+    """A browser script must be able to read an error envelope; /metrics is not for browsers."""
+    client = create_app(make_settings(cors_origins=("*",))).test_client()
+    origin = {"Origin": "https://any.example"}
+    for answer in (client.post(EXTERNAL, data="not json", headers=origin),
+                   client.get("/api/nowhere", headers=origin)):
+        assert answer.status_code in (400, 404)
+        assert answer.headers["Access-Control-Allow-Origin"] == "https://any.example"
+        assert "Retry-After" in answer.headers["Access-Control-Expose-Headers"]
+    metrics = client.get("/metrics", headers=origin)
+    assert not [h for h in metrics.headers.keys() if h.startswith("Access-Control-")]
 
 
 def test_cors_headers_go_to_browsers_only(mocked):
