@@ -7,6 +7,7 @@ up), so one scrape adds up every worker; under `flask run` they live in the proc
 """
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 
@@ -41,6 +42,11 @@ RELAYED_BYTES = Counter("byok_proxy_relayed_bytes_total",
                         "Bytes of provider answers relayed to clients, by service.", ["service"])
 
 
+# labels() takes a lock and checks its arguments on every call: each child is found once (label
+# values are bounded, see above, so this cache is too).
+_child = functools.cache(lambda metric, *values: metric.labels(*values))
+
+
 def request_started(log: RequestLog) -> None:
     if log.path == EXTERNAL_PATH:
         IN_FLIGHT.inc()
@@ -52,14 +58,14 @@ def request_ended(log: RequestLog) -> None:
         return
     IN_FLIGHT.dec()
     service = log.target_service or "none"
-    REQUESTS.labels(service, str(log.status)).inc()
-    DURATION.labels(service).observe(log.elapsed())
+    _child(REQUESTS, service, str(log.status)).inc()
+    _child(DURATION, service).observe(log.elapsed())
     if log.upstream_ms is not None:
-        UPSTREAM_DURATION.labels(service).observe(log.upstream_ms / 1000)
+        _child(UPSTREAM_DURATION, service).observe(log.upstream_ms / 1000)
     if log.error_code in UPSTREAM_CODES:
-        UPSTREAM_ERRORS.labels(service, log.error_code).inc()
+        _child(UPSTREAM_ERRORS, service, log.error_code).inc()
     if log.bytes_relayed:
-        RELAYED_BYTES.labels(service).inc(log.bytes_relayed)
+        _child(RELAYED_BYTES, service).inc(log.bytes_relayed)
 
 
 def register_metrics(app: Flask, settings: Settings) -> None:
