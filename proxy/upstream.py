@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
-import orjson
+import msgspec
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool
@@ -138,13 +138,26 @@ def _transport_error(exc: Exception, service: str) -> ProxyError:
     return NetworkError(f"the connection to {service} failed", service=service)
 
 
-def _dumps(payload: dict[str, Any]) -> bytes:
-    """The payload as compact UTF-8 JSON: orjson, ten times faster, or json for the integers
-    past 64 bits that orjson refuses."""
+# Provider payloads as compact UTF-8 JSON (a tenth of json's time; integers of any size).
+_dumps = msgspec.json.Encoder().encode
+_json_value = msgspec.json.Decoder(msgspec.Raw)
+
+
+def _is_json(body: bytes) -> bool:
+    """Whether a provider's body is one JSON value in UTF-8 (RFC 8259: no NaN, no BOM, nothing
+    after it). msgspec scans it into a Raw view: no Python object is built, so a 1 MB embeddings
+    answer costs a scan (half of a parse) and no memory churn."""
     try:
-        return orjson.dumps(payload)
-    except TypeError:
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        _json_value.decode(body)
+    except (msgspec.DecodeError, RecursionError):  # nested past ~1000 levels: refused too
+        return False
+    if body.isascii():
+        return True
+    try:
+        body.decode()  # the scan leaves the bytes inside strings to us
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _scrub(body: bytes, api_key: str) -> bytes:
@@ -193,23 +206,20 @@ class Upstream:
             return Reply(headers, chunks=self._relay(response, service, log))
 
         body = _scrub(self._read(response, service), api_key)
-        try:
-            # orjson is the fast validity check: strict RFC 8259 (no NaN, no BOM), C speed.
-            parsed = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if is_2xx and parsed is None:
+        is_json = _is_json(body)
+        if is_2xx and not is_json:
             raise ExternalServiceError(f"{service.name} answered {status} without JSON",
                                        service=service.name, upstream_status=status,
                                        details=details_from(body, None), headers=headers)
         if not is_2xx:
             # 1xx and 3xx land here too: a redirect is never followed, it would carry the key.
-            raw = RawJSON(body) if parsed is not None else None
+            raw = RawJSON(body) if is_json else None
             raise ExternalServiceError(f"{service.name} answered {status}", service=service.name,
                                        status=client_status(status), upstream_status=status,
                                        details=details_from(body, raw), headers=headers)
         if from_upstream:
-            body = json.dumps(from_upstream(parsed, payload["prompt"]), ensure_ascii=False).encode()
+            body = json.dumps(from_upstream(_parsed(body), payload["prompt"]),
+                              ensure_ascii=False).encode()
         log.bytes_relayed = len(body)
         return Reply(headers, body=RawJSON(body))
 
@@ -271,6 +281,15 @@ class Upstream:
             raise _transport_error(exc, service.name) from None
         finally:
             response.close()
+
+
+def _parsed(body: bytes) -> Any:
+    """A checked body as Python values, for a translation; None for what only scans as JSON
+    (a number past a double's range), which the translation reports as an unexpected shape."""
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return None
 
 
 def _is_event_stream(response: requests.Response) -> bool:

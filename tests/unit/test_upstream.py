@@ -80,13 +80,24 @@ def test_success_data_is_the_provider_body_byte_for_byte(client, mocked):
     assert response.get_json()["data"]["b"] == 1e-05
 
 
-@pytest.mark.parametrize("raw", [b"", b"<html>oops</html>", b'{"a": NaN}', b'{"a":', b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [
+    b"", b"<html>oops</html>", b'{"a": NaN}', b'{"a":', b"\xff\xfe", b"\xef\xbb\xbf{}",
+    b'{"a": 1} {"b": 2}', b'{"a": "\\ud800"}', b'{"a": "\xff"}', b'{"a": "\xed\xa0\x80"}',
+    b'{"a": "\xc0\xaf"}', b'{"a": "tab\there"}', b"[" * 2000 + b"]" * 2000])
 def test_2xx_without_valid_json_is_502(client, mocked, raw):
     mocked.post(URL, body=raw, status=200)
     response = post(client)
     assert response.status_code == 502
     error = response.get_json()["error"]
     assert (error["code"], error["upstreamStatus"]) == ("EXTERNAL_SERVICE_ERROR", 200)
+
+
+@pytest.mark.parametrize("raw", ["{\"t\": \"é – 日本 🙂\"}", "[1e400, -0, 123456789012345678901234567890]"])
+def test_any_valid_json_in_utf8_is_relayed_byte_for_byte(client, mocked, raw):
+    mocked.post(URL, body=raw.encode(), status=200)
+    response = post(client)
+    assert response.status_code == 200
+    assert response.data.startswith(b'{"success":true,"data":' + raw.encode() + b',')
 
 
 def test_non_json_error_body_is_text_cut_to_2kb(client, mocked):
@@ -176,7 +187,7 @@ def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
         "Incorrect API key [REDACTED]")
 
 
-@pytest.mark.parametrize("extra", [{}, {"seed": 2 ** 70}])  # past 64 bits: the json path
+@pytest.mark.parametrize("extra", [{}, {"seed": 2 ** 70}])  # past 64 bits too
 def test_payload_is_sent_as_compact_utf8_json(client, mocked, extra):
     mocked.post(URL, json={})
     payload = {"model": "m", "temperature": 1e-05, "text": "é", "n": [1, {"a": None}], **extra}
@@ -210,3 +221,13 @@ def test_a_pooled_connection_is_reused_only_while_the_provider_keeps_it_quiet(pr
                 peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
             assert connection.is_connected == (provider_does == "nothing")
         connection.close()
+
+
+def test_a_chat_answer_only_scanning_as_json_cannot_be_translated(client, mocked):
+    """A number past a double's range is valid JSON to relay, but no value to translate."""
+    mocked.post(service_url("cohere_generate"), status=200,
+                body=b'{"id": "c1", "message": {"content": []}, "usage": {"n": 1e400}}')
+    response = post(client, service="cohere_generate", payload={"prompt": "hi"})
+    assert response.status_code == 502
+    assert response.get_json()["error"]["message"] == (
+        "cohere_generate: chat answered in an unexpected shape")
