@@ -2,6 +2,7 @@
 
 A platform's GUNICORN_CMD_ARGS overrides what is set here; see the README.
 """
+import ctypes
 import glob
 import os
 import tempfile
@@ -34,6 +35,21 @@ class ThreadWorker(gthread.ThreadWorker):
             for listener in self.sockets:
                 listener.close()
 
+
+def _keep_large_buffers_on_the_heap() -> None:
+    """glibc maps each allocation over its mmap threshold (128 KB, moved at run time) on its own
+    and gives freed heap tops back to the OS: a 1 MB answer, read and enveloped in two ~1 MB
+    buffers, cost each request some 500 page faults. Up to 2 MB now come from the heap, which
+    keeps up to 4 MB free: a 1 MB answer costs 31% less CPU and memory after load is lower
+    (README, Performance). Set in the master, inherited by every forked worker; a C library
+    without mallopt (not glibc) is left as it is."""
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(-3, 2 << 20)  # M_MMAP_THRESHOLD
+        mallopt(-1, 4 << 20)  # M_TRIM_THRESHOLD
+
+
+_keep_large_buffers_on_the_heap()
 
 # gevent by default: each worker holds thousands of calls and streams in greenlets, and costs
 # less CPU per request than gthread's thread hand-offs (README, Performance); it closes its
