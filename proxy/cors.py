@@ -38,9 +38,8 @@ def register_cors(app: Flask, origins: Iterable[str], allow_headers: Iterable[st
         if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.environ:
             headers["Access-Control-Allow-Methods"] = _METHODS
             headers["Access-Control-Max-Age"] = _MAX_AGE
-            asked = request.environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
-            granted = [name.strip() for name in asked.split(",")
-                       if name.strip().lower() in allowed]
+            asked = request.environ.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "").split(",")
+            granted = [name for name in map(str.strip, asked) if name.lower() in allowed]
             if granted:
                 headers["Access-Control-Allow-Headers"] = ", ".join(granted)
         return response

@@ -1,7 +1,6 @@
 """One kept-alive requests.Session per provider: sending, reading and relaying provider answers."""
 from __future__ import annotations
 
-import json
 import select
 import sys
 import time
@@ -138,7 +137,8 @@ def _transport_error(exc: Exception, service: str) -> ProxyError:
     return NetworkError(f"the connection to {service} failed", service=service)
 
 
-# Provider payloads as compact UTF-8 JSON (a tenth of json's time; integers of any size).
+# Provider payloads and translated answers as compact UTF-8 JSON (a tenth of json's time;
+# integers of any size).
 _dumps = msgspec.json.Encoder().encode
 _json_value = msgspec.json.Decoder(msgspec.Raw)
 
@@ -218,8 +218,7 @@ class Upstream:
                                        status=client_status(status), upstream_status=status,
                                        details=details_from(body, raw), headers=headers)
         if from_upstream:
-            body = json.dumps(from_upstream(_parsed(body), payload["prompt"]),
-                              ensure_ascii=False).encode()
+            body = _dumps(from_upstream(_parsed(body), payload["prompt"]))
         log.bytes_relayed = len(body)
         return Reply(headers, body=RawJSON(body))
 

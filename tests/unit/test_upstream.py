@@ -7,7 +7,7 @@ import urllib3.exceptions
 
 from config import SERVICES
 from proxy.errors import client_status
-from proxy.upstream import Upstream, _HTTPConnection, _transport_error
+from proxy.upstream import Upstream, _HTTPConnection, _HTTPSConnection, _transport_error
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -92,7 +92,8 @@ def test_2xx_without_valid_json_is_502(client, mocked, raw):
     assert (error["code"], error["upstreamStatus"]) == ("EXTERNAL_SERVICE_ERROR", 200)
 
 
-@pytest.mark.parametrize("raw", ["{\"t\": \"é – 日本 🙂\"}", "[1e400, -0, 123456789012345678901234567890]"])
+@pytest.mark.parametrize("raw", ['{"t": "é – 日本 🙂"}',
+                                 "[1e400, -0, 123456789012345678901234567890]"])
 def test_any_valid_json_in_utf8_is_relayed_byte_for_byte(client, mocked, raw):
     mocked.post(URL, body=raw.encode(), status=200)
     response = post(client)
@@ -172,6 +173,11 @@ def test_a_service_finds_its_pool_once_and_a_new_one_after_close():
     pool = adapter.get_connection_with_tls_context(request, True)
     assert adapter.get_connection_with_tls_context(request, True) is pool
     assert (pool.scheme, pool.host, pool.port) == ("http", "127.0.0.1", 9)
+    # The pool's connections use the kernel's poll for their liveness check, TLS ones too.
+    assert pool.ConnectionCls is _HTTPConnection
+    tls = adapter.get_connection_with_tls_context(
+        requests.Request("POST", "https://127.0.0.1:9/v1").prepare(), True)
+    assert tls.ConnectionCls is _HTTPSConnection
     assert adapter.request_url(request, None) == "/v1/chat/completions"
     upstream.close()
     assert pool.pool is None  # its connections were closed
