@@ -1,9 +1,13 @@
 """One kept-alive requests.Session per provider: sending, reading and relaying provider answers."""
 from __future__ import annotations
 
+import email.parser
+import http.client
+import re
 import select
 import sys
 import time
+import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -43,12 +47,45 @@ _kernel_poll = (sys.modules["gevent.monkey"].get_original("select", "poll")
                 if "gevent.monkey" in sys.modules else select.poll)
 
 
-class _CheapLivenessCheck:
-    """Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
-    idle timeout does that): readable means closed, or bytes nobody asked for. Same answer as
-    urllib3's own check, from the kernel's poll."""
+# A header block as providers send it: "name: value" lines, each ended by CRLF, then CRLF.
+_PLAIN_HEADER_BLOCK = re.compile(r"(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n")
+
+
+def _parse_headers(fp: Any) -> http.client.HTTPMessage:
+    """http.client.parse_headers without the e-mail parser (~40 us of a proxied request).
+
+    A plain block gives the message the e-mail parser would (same names, values, order);
+    anything else (folded lines, bare LFs, a line that is no header) still goes through it.
+    The block is read by http.client's own reader, with its line and count limits.
+    """
+    block = b"".join(http.client._read_headers(fp)).decode("iso-8859-1")
+    if not _PLAIN_HEADER_BLOCK.fullmatch(block):
+        return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block)
+    message = http.client.HTTPMessage()
+    for line in block.split("\r\n")[:-2]:
+        name, _, value = line.partition(":")
+        message[name] = value.lstrip(" \t")
+    message.set_payload("")  # what the e-mail parser leaves after the blank line
+    return message
+
+
+class _Response(http.client.HTTPResponse):
+    # http.client's own begin() (status line, framing, keep-alive), run over a copy of the
+    # module's globals in which parse_headers is ours.
+    begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
+                               {**vars(http.client), "parse_headers": _parse_headers})
+
+
+class _LeanConnection:
+    """What our pools' connections do more cheaply than urllib3's, with the same answers.
+
+    Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
+    idle timeout does that): readable means closed, or bytes nobody asked for. Answered here
+    by the kernel's poll. And a provider's header block is read without the e-mail parser.
+    """
 
     sock: Any
+    response_class = _Response
 
     @property
     def is_connected(self) -> bool:
@@ -59,11 +96,11 @@ class _CheapLivenessCheck:
         return not poller.poll(0)
 
 
-class _HTTPConnection(_CheapLivenessCheck, HTTPConnection):
+class _HTTPConnection(_LeanConnection, HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_CheapLivenessCheck, HTTPSConnection):
+class _HTTPSConnection(_LeanConnection, HTTPSConnection):
     pass
 
 

@@ -85,33 +85,40 @@ def test_metrics_add_up_across_workers(upstream, tmp_path):
     service = RunningService(tmp_path / "svc", {**base_urls(upstream.url), "WEB_CONCURRENCY": "3",
                                                 "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)})
     try:
-        payloads = [body(stub="json")] * 24 + [body(stub="status", status=429)] * 6
+        payloads = [body(stub="json")] * 8 + [body(stub="status", status=429)] * 2
 
         def send(chunk):
             for payload in chunk:  # a new connection each time: spread over the workers
                 requests.post(f"{service.url}/api/proxy/external", json=payload, timeout=10,
                               headers={"Connection": "close"})
 
-        threads = [threading.Thread(target=send, args=(payloads[i::6],)) for i in range(6)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        def pids():
+            return {int(m.group(1)) for f in metrics_dir.glob("counter_*.db")
+                    if (m := re.match(r"counter_(\d+)\.db", f.name))}
+
+        rounds = 0
+        # Which worker accepts is the kernel's choice (a busy machine may leave it to one for
+        # a while): send rounds of 10 until two workers have answered, 10 rounds at most.
+        while rounds < 10 and (rounds < 3 or len(pids()) < 2):
+            threads = [threading.Thread(target=send, args=(payloads[i::5],)) for i in range(5)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rounds += 1
         time.sleep(0.3)
 
-        pids = {int(m.group(1)) for f in metrics_dir.glob("counter_*.db")
-                if (m := re.match(r"counter_(\d+)\.db", f.name))}
-        assert len(pids) >= 2, "the requests did not spread over several workers"
+        assert len(pids()) >= 2, "the requests did not spread over several workers"
         for _ in range(3):  # each scrape may land on any worker; every one sees the same sums
             text = requests.get(f"{service.url}/metrics", timeout=5).text
             assert metric(text, "byok_proxy_requests_total", service="openai_chat",
-                          status="200") == 24
+                          status="200") == 8 * rounds
             assert metric(text, "byok_proxy_requests_total", service="openai_chat",
-                          status="429") == 6
+                          status="429") == 2 * rounds
             assert metric(text, "byok_proxy_upstream_errors_total", service="openai_chat",
-                          code="EXTERNAL_SERVICE_ERROR") == 6
+                          code="EXTERNAL_SERVICE_ERROR") == 2 * rounds
             assert metric(text, "byok_proxy_request_duration_seconds_count",
-                          service="openai_chat") == 30
+                          service="openai_chat") == 10 * rounds
             assert metric(text, "byok_proxy_requests_in_flight") == 0
             assert FAKE_KEY not in text
     finally:

@@ -1,3 +1,5 @@
+import http.client
+import io
 import json
 import socket
 
@@ -7,7 +9,8 @@ import urllib3.exceptions
 
 from config import SERVICES
 from proxy.errors import client_status
-from proxy.upstream import Upstream, _HTTPConnection, _HTTPSConnection, _transport_error
+from proxy.upstream import (_PLAIN_HEADER_BLOCK, Upstream, _HTTPConnection, _HTTPSConnection,
+                            _parse_headers, _Response, _transport_error)
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -173,8 +176,8 @@ def test_a_service_finds_its_pool_once_and_a_new_one_after_close():
     pool = adapter.get_connection_with_tls_context(request, True)
     assert adapter.get_connection_with_tls_context(request, True) is pool
     assert (pool.scheme, pool.host, pool.port) == ("http", "127.0.0.1", 9)
-    # The pool's connections use the kernel's poll for their liveness check, TLS ones too.
-    assert pool.ConnectionCls is _HTTPConnection
+    # The pool's connections are ours (liveness check, header parsing), TLS ones too.
+    assert pool.ConnectionCls is _HTTPConnection and pool.ConnectionCls.response_class is _Response
     tls = adapter.get_connection_with_tls_context(
         requests.Request("POST", "https://127.0.0.1:9/v1").prepare(), True)
     assert tls.ConnectionCls is _HTTPSConnection
@@ -226,6 +229,53 @@ def test_a_pooled_connection_is_reused_only_while_the_provider_keeps_it_quiet(pr
             elif provider_does == "send unasked bytes":
                 peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
             assert connection.is_connected == (provider_does == "nothing")
+        connection.close()
+
+
+NGINX_BLOCK = (b"Server: nginx\r\nDate: Tue, 24 Nov 2026 23:47:40 GMT\r\nContent-Type: "
+               b"application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n")
+
+
+@pytest.mark.parametrize("block", [
+    NGINX_BLOCK,
+    b"\r\n",  # no headers at all
+    b"Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-Empty:\r\nX-Blank: \r\n\r\n",
+    b"X-Pad:\t  spaced out  \r\nX-Colons: a:b::c\r\nX-Latin: caf\xe9\r\n\r\n",
+    # Not plain: left to the e-mail parser, whose answer stays the answer.
+    b"X-Folded: one\r\n two\r\n\tthree\r\nA: 1\r\n\r\n",
+    b"A: 1\nB: 2\n\n",
+    b"A: 1\r\nnot a header\r\nB: 2\r\n\r\n",
+    b"A : 1\r\n: empty name\r\nB: 2\r\n\r\n",
+    b"A: 1\r2\r\nB: 3\r\n\r\n",
+    b"A: 1\r\nB: 2\r\n",  # the connection ended inside the block
+])
+def test_a_header_block_is_read_as_the_e_mail_parser_reads_it(block):
+    ours, theirs = (io.BufferedReader(io.BytesIO(block + b"{}")) for _ in range(2))
+    expected = http.client.parse_headers(theirs)
+    message = _parse_headers(ours)
+    assert message.items() == expected.items()
+    assert [type(d) for d in message.defects] == [type(d) for d in expected.defects]
+    assert message.get_payload() == expected.get_payload()
+    assert ours.read() == theirs.read()  # the body starts where it did
+
+
+def test_a_providers_usual_header_block_takes_the_fast_path():
+    assert _PLAIN_HEADER_BLOCK.fullmatch(NGINX_BLOCK.decode())
+    assert not _PLAIN_HEADER_BLOCK.fullmatch("X-Folded: one\r\n two\r\n\r\n")
+
+
+def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
+        connection.request("POST", "/v1", body=b"{}")
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(65536)
+            peer.sendall(b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
+            response = connection.getresponse()
+            assert (response.status, response.data) == (200, b"{}")
+        assert response.headers["content-type"] == "application/json"
+        assert isinstance(response._original_response, _Response)
         connection.close()
 
 
