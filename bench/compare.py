@@ -1,0 +1,64 @@
+"""CPU per request of this checkout against another, in interleaved wrk runs.
+
+    .venv/bin/python bench/compare.py ../other-checkout [--rounds 10] [--seconds 3]
+        [--case chat] [--connections 16]
+
+Two runs of bench/run.py minutes apart can differ by 10-20% on a shared machine; runs of two
+services side by side, taking turns (A B, B A, ...), see the same load. Both run with default
+settings against one nginx; the figure to read is the median of the per-round ratios. Needs
+wrk and nginx; loopback only; each run is bounded by --seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.run import CASES, Nginx, proxy_body, wrk  # noqa: E402
+from bench.service import REPO, Service  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("other", type=Path, help="the checkout to compare with")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=3)
+    parser.add_argument("--case", choices=list(CASES), default="chat")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        nginx = Nginx(Path(workdir))
+        root = f"http://127.0.0.1:{nginx.port}"
+        env = {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
+               "JINA_BASE_URL": f"{root}/jina/v1"}
+        body = proxy_body(CASES[args.case][0])
+        services = {}
+        try:
+            services["this"] = Service(env, repo=REPO)
+            services["other"] = Service(env, repo=args.other)
+            cpu: dict[str, list[float]] = {name: [] for name in services}
+            for round_ in range(args.rounds):
+                for name in sorted(services, reverse=round_ % 2 == 1):
+                    service = services[name]
+                    before = service.cpu_seconds()
+                    done, bad = wrk(service.port, "/api/proxy/external", body, args.connections,
+                                    args.seconds, Path(workdir))
+                    if bad:
+                        raise RuntimeError(f"{bad} non-2xx answers from {name}")
+                    cpu[name].append((service.cpu_seconds() - before) * 1000 / done)
+        finally:
+            for service in services.values():
+                service.stop()
+            nginx.stop()
+    ratio = statistics.median(t / o for t, o in zip(cpu["this"], cpu["other"]))
+    for name, path in (("this", REPO), ("other", args.other.resolve())):
+        print(f"{name:5s} {path}: CPU {statistics.median(cpu[name]):.3f} ms per request "
+              f"(median of {args.rounds}, lowest {min(cpu[name]):.3f})")
+    print(f"this / other, median of the per-round ratios: {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
