@@ -31,8 +31,12 @@ _SHORTEST_SECRET = 8  # below this a mask would blot out ordinary words, and no 
 def hide(secret: str) -> None:
     """Mask this secret in every line logged while the current request is served."""
     if len(secret) >= _SHORTEST_SECRET:
-        once = json.dumps(secret, ensure_ascii=False)[1:-1]  # as printed in a JSON line
-        twice = json.dumps(once, ensure_ascii=False)[1:-1]  # printed as JSON in a JSON line
+        # A key is printable and rarely holds a quote or backslash: then JSON prints it as is.
+        if secret.isprintable() and '"' not in secret and "\\" not in secret:
+            once = twice = secret
+        else:
+            once = json.dumps(secret, ensure_ascii=False)[1:-1]  # as printed in a JSON line
+            twice = json.dumps(once, ensure_ascii=False)[1:-1]  # as JSON in a JSON line
         _request_secrets.set((*_request_secrets.get(), *dict.fromkeys((twice, once))))
 
 

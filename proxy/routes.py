@@ -98,8 +98,8 @@ def _json_object_body() -> dict:
     werkzeug's own limit silently cuts a chunked body short, and get_json() answers a wrong
     Content-Type with a 415, so the bytes are counted here.
     """
-    limit = _upstream().settings.max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
+    limit, length = _upstream().settings.max_request_bytes, request.content_length
+    if length is not None and length > limit:
         raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
     if request.mimetype != "application/json":
         raise ValidationError("Content-Type must be application/json.")
