@@ -16,7 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3 import HTTPConnectionPool
 from urllib3 import HTTPResponse as Urllib3Response
-from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection, _ResponseOptions
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
@@ -77,11 +77,12 @@ class _Response(http.client.HTTPResponse):
 
 
 class _LeanConnection:
-    """What our pools' connections do more cheaply than urllib3's, with the same answers.
+    """What our pools' connections do more cheaply than urllib3's, with the same results.
 
     Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
     idle timeout does that): readable means closed, or bytes nobody asked for. Answered here
-    by the kernel's poll. And a provider's header block is read without the e-mail parser.
+    by the kernel's poll. A request's headers are written in one piece, and a provider's
+    header block is read without the e-mail parser.
     """
 
     sock: Any
@@ -94,6 +95,30 @@ class _LeanConnection:
         poller = _kernel_poll()
         poller.register(self.sock, select.POLLIN)
         return not poller.poll(0)
+
+    def request(self, method: str, url: str, body: Any = None,
+                headers: Mapping[str, str] | None = None, *, chunked: bool = False,
+                preload_content: bool = True, decode_content: bool = True,
+                enforce_content_length: bool = True) -> None:
+        """urllib3's request(), for what this service sends: a bytes body, its Content-Length
+        among the headers given. The header block is checked and written in one piece, not
+        header by header (~35 us a request); http.client's putrequest still checks the method
+        and URL, and its endheaders sends. Anything else goes to urllib3's own request()."""
+        if chunked or not isinstance(body, bytes) or not headers or (
+                "Content-Length" not in headers or "Host" in headers):
+            return super().request(
+                method, url, body, headers, chunked=chunked, preload_content=preload_content,
+                decode_content=decode_content, enforce_content_length=enforce_content_length)
+        lines = [f"{name}: {value}" for name, value in headers.items()]
+        if not "".join(lines).isprintable():  # no line break or other control character
+            raise ValueError("a request header holds a control character")
+        if self.sock is not None:
+            self.sock.settimeout(self.timeout)
+        self._response_options = _ResponseOptions(method, url, preload_content, decode_content,
+                                                  enforce_content_length)
+        self.putrequest(method, url, skip_accept_encoding=True)
+        self._output("\r\n".join(lines).encode("latin-1"))
+        self.endheaders(body)
 
 
 class _HTTPConnection(_LeanConnection, HTTPConnection):

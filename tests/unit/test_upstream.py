@@ -5,6 +5,7 @@ import socket
 
 import pytest
 import requests
+import urllib3.connection
 import urllib3.exceptions
 
 from config import SERVICES
@@ -276,6 +277,52 @@ def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
             assert (response.status, response.data) == (200, b"{}")
         assert response.headers["content-type"] == "application/json"
         assert isinstance(response._original_response, _Response)
+        connection.close()
+
+
+def sent_bytes(server, connection_class, method, url, body, headers):
+    """What a connection of this class puts on the wire for one request."""
+    connection = connection_class("127.0.0.1", server.getsockname()[1])
+    connection.request(method, url, body=body, headers=headers)
+    connection.close()
+    peer, _ = server.accept()
+    with peer:
+        data = b""
+        while chunk := peer.recv(65536):
+            data += chunk
+        return data
+
+
+PROVIDER_HEADERS = {"anthropic-version": "2023-06-01", "Content-Type": "application/json",
+                    "Accept-Encoding": "identity", "User-Agent": "byok-proxy/test",
+                    "x-api-key": FAKE_KEY, "Accept": "application/json", "Content-Length": "2"}
+
+
+@pytest.mark.parametrize(("method", "body", "headers"), [
+    ("POST", b"{}", PROVIDER_HEADERS),  # what the service sends: the header block in one piece
+    ("POST", b"{}", {**PROVIDER_HEADERS, "X-Latin": "caf\xe9"}),
+    # Anything else is urllib3's own request().
+    ("POST", b"{}", {"Accept": "application/json"}),  # no Content-Length
+    ("POST", '{"text": "é"}', {"Content-Type": "application/json"}),  # a str body
+    ("GET", None, None),
+])
+def test_a_request_goes_out_as_urllib3_would_send_it(method, body, headers):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        ours, urllib3s = (sent_bytes(server, cls, method, "/v1/messages?x=1", body, headers)
+                          for cls in (_HTTPConnection, urllib3.connection.HTTPConnection))
+    assert ours == urllib3s
+    assert ours.startswith(f"{method} /v1/messages?x=1 HTTP/1.1\r\nHost: 127.0.0.1:".encode())
+
+
+@pytest.mark.parametrize("value", [f"{FAKE_KEY}\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b",
+                                   "a\tb"])
+def test_a_control_character_in_a_request_header_is_refused_before_sending(value):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
+        with pytest.raises(ValueError, match="control character"):
+            connection.request("POST", "/v1", body=b"{}",
+                               headers={**PROVIDER_HEADERS, "x-api-key": value})
+        assert connection.sock is None  # not even connected
         connection.close()
 
 
