@@ -32,13 +32,21 @@ def request_id() -> str:
     return rid
 
 
-class RawJSON(bytes):
-    """Bytes already checked to be one JSON value, spliced into a body as they are."""
+class RawJSON:
+    """Bytes already checked to be one JSON value, spliced into a body as they are.
+
+    It holds them rather than being them: a bytes subclass copies its value when made, a
+    whole answer per request."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 def _dump(value: object) -> bytes:
     if isinstance(value, RawJSON):
-        return value
+        return value.data
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
