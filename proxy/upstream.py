@@ -114,8 +114,9 @@ class _LeanConnection:
             raise ValueError("a request header holds a control character")
         if self.sock is not None:
             self.sock.settimeout(self.timeout)
-        self._response_options = _ResponseOptions(method, url, preload_content, decode_content,
-                                                  enforce_content_length)
+        self._response_options = _ResponseOptions(
+            request_method=method, request_url=url, preload_content=preload_content,
+            decode_content=decode_content, enforce_content_length=enforce_content_length)
         self.putrequest(method, url, skip_accept_encoding=True)
         self._output("\r\n".join(lines).encode("latin-1"))
         self.endheaders(body)
