@@ -25,12 +25,12 @@ _SECRET = re.compile(
 # The secrets of the request being served (its key, its access token), as they would appear
 # inside a JSON string: masked wherever they turn up in a line, whoever printed it.
 _request_secrets: ContextVar[tuple[str, ...]] = ContextVar("request_secrets", default=())
-_SHORTEST_SECRET = 8  # below this a mask would blot out ordinary words, and no real key is
+SHORTEST_SECRET = 8  # below this a mask would blot out ordinary words, and no real key is
 
 
 def hide(secret: str) -> None:
     """Mask this secret in every line logged while the current request is served."""
-    if len(secret) >= _SHORTEST_SECRET:
+    if len(secret) >= SHORTEST_SECRET:
         # A key is printable and rarely holds a quote or backslash: then JSON prints it as is.
         if secret.isprintable() and '"' not in secret and "\\" not in secret:
             once = twice = secret

@@ -25,7 +25,7 @@ from config import PROVIDERS, SERVICES, USER_AGENT, Service, Settings
 from proxy.envelope import RawJSON, details_from, passed_headers
 from proxy.errors import (ExternalServiceError, NetworkError, ProxyError, UpstreamTimeoutError,
                           client_status)
-from proxy.logs import RequestLog
+from proxy.logs import SHORTEST_SECRET, RequestLog
 from proxy.translations import TRANSLATIONS
 
 _READ_SIZE = 64 * 1024
@@ -224,9 +224,14 @@ def _is_json(body: bytes) -> bool:
 
 
 def _scrub(body: bytes, api_key: str) -> bytes:
-    """Mask the key should a provider ever echo it back: it must reach no client."""
+    """Mask the key should a provider ever echo it back: it must reach no client.
+
+    Not a key too short to be a real one (as in the logs): masking every ":" or "ok" in an
+    answer would break its JSON, and a local gateway may well take such a key."""
     key = api_key.encode()
-    return body.replace(key, b"[REDACTED]") if key in body else body
+    if len(key) < SHORTEST_SECRET or key not in body:
+        return body
+    return body.replace(key, b"[REDACTED]")
 
 
 class Upstream:

@@ -190,6 +190,15 @@ def test_a_service_finds_its_pool_once_and_a_new_one_after_close():
     upstream.close()
 
 
+@pytest.mark.parametrize("key", [":", "ok", "true", "a-b-c"])
+def test_a_key_too_short_to_be_real_leaves_the_answer_whole(client, mocked, key):
+    """Found by schemathesis: the key ":" masked in {"ok": true} made it invalid JSON (a 502)."""
+    mocked.post(URL, json={"ok": True, "id": "a-b-c"})
+    response = post(client, api_key=key)
+    assert response.status_code == 200
+    assert response.get_json()["data"] == {"ok": True, "id": "a-b-c"}
+
+
 def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
     mocked.post(URL, status=401, json={"error": {"message": f"Incorrect API key {FAKE_KEY}"}})
     response = post(client)
