@@ -19,10 +19,12 @@ DETAILS_TEXT_LIMIT = 2048
 
 
 def request_id() -> str:
-    """This request's id: a valid incoming X-Request-ID (as PaaS routers send), else a new one."""
+    """This request's id: a valid incoming X-Request-ID (as PaaS routers send), else a new one.
+
+    Either way it holds only [A-Za-z0-9._:-], so the bodies splice it in unescaped."""
     rid = g.get("request_id")
     if rid is None:
-        incoming = request.headers.get("X-Request-ID", "")
+        incoming = request.environ.get("HTTP_X_REQUEST_ID", "")
         if _INCOMING_ID.fullmatch(incoming):
             rid = incoming
         else:
@@ -53,7 +55,8 @@ def _dump(value: object) -> bytes:
 def success_body(data: RawJSON | object, rid: str) -> bytes:
     # Spliced rather than re-dumped so the provider's JSON comes back byte for byte; joined in
     # one copy (chained + would copy a 1 MB answer once per piece).
-    return b"".join((b'{"success":true,"data":', _dump(data), b',"requestId":', _dump(rid), b"}"))
+    return b"".join((b'{"success":true,"data":', _dump(data), b',"requestId":"', rid.encode(),
+                     b'"}'))
 
 
 def error_body(code: str, message: str, rid: str, *, service: str | None = None,
@@ -66,7 +69,7 @@ def error_body(code: str, message: str, rid: str, *, service: str | None = None,
     head = _dump(error)
     if details is not None:
         head = head[:-1] + b',"details":' + _dump(details) + b"}"
-    return b'{"success":false,"error":' + head + b',"requestId":' + _dump(rid) + b"}"
+    return b'{"success":false,"error":' + head + b',"requestId":"' + rid.encode() + b'"}'
 
 
 def details_from(body: bytes, raw_json: RawJSON | None) -> RawJSON | str | None:

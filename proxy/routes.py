@@ -101,7 +101,9 @@ def _json_object_body() -> dict:
     limit, length = _upstream().settings.max_request_bytes, request.content_length
     if length is not None and length > limit:
         raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
-    if request.mimetype != "application/json":
+    # The media type as werkzeug's mimetype reads it, without parsing the parameters.
+    if request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != (
+            "application/json"):
         raise ValidationError("Content-Type must be application/json.")
     data, size = [], 0
     while chunk := request.stream.read(_READ_SIZE):

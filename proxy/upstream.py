@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping
 import msgspec
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool
+from urllib3 import HTTPConnectionPool, Timeout
 from urllib3 import HTTPResponse as Urllib3Response
 from urllib3.connection import HTTPConnection, HTTPSConnection, _ResponseOptions
 from urllib3.exceptions import HTTPError as Urllib3Error
@@ -239,7 +239,9 @@ class Upstream:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._timeout = (settings.upstream_connect_timeout, settings.upstream_read_timeout)
+        # A urllib3 Timeout, which requests passes on as it is (a tuple it would convert per call).
+        self._timeout = Timeout(connect=settings.upstream_connect_timeout,
+                                read=settings.upstream_read_timeout)
         self._sessions = {name: _session(settings) for name in PROVIDERS}
         self._urls = {s.name: settings.base_urls[s.provider] + s.path for s in SERVICES.values()}
         self._adapters = {s.name: self._sessions[s.provider].get_adapter(self._urls[s.name])

@@ -125,9 +125,11 @@ def test_wrong_content_type_is_a_validation_error(client, mocked, content_type):
     assert response.get_json()["error"]["message"] == "Content-Type must be application/json."
 
 
-def test_json_content_type_with_charset_is_accepted(client, mocked):
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON",
+                                          " application/json ;charset=UTF-8"])
+def test_json_content_type_with_charset_is_accepted(client, mocked, content_type):
     mocked.post(service_url("openai_chat"), json={"ok": True})
-    assert raw_post(client, GOOD, "application/json; charset=utf-8").status_code == 200
+    assert raw_post(client, GOOD, content_type).status_code == 200
 
 
 def test_body_over_the_limit_is_413(mocked):
