@@ -1,7 +1,11 @@
 import http.client
 import io
 import json
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
 
 import pytest
 import requests
@@ -321,6 +325,40 @@ def test_a_request_goes_out_as_urllib3_would_send_it(method, body, headers):
                           for cls in (_HTTPConnection, urllib3.connection.HTTPConnection))
     assert ours == urllib3s
     assert ours.startswith(f"{method} /v1/messages?x=1 HTTP/1.1\r\nHost: 127.0.0.1:".encode())
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is not installed")
+def test_a_tls_connection_takes_the_same_paths(tmp_path):
+    """HTTPS connections are ours too: the header block in one piece, our header parsing."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    received = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def serve():
+            peer, _ = server.accept()
+            with context.wrap_socket(peer, server_side=True) as tls:
+                data = b""
+                while not data.endswith(b"\r\n\r\n{}"):
+                    data += tls.recv(65536)
+                received.append(data)
+                tls.sendall(b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        connection = _HTTPSConnection("127.0.0.1", server.getsockname()[1], ca_certs=str(cert))
+        connection.request("POST", "/v1/messages", body=b"{}", headers=PROVIDER_HEADERS)
+        response = connection.getresponse()
+        assert (response.status, response.data) == (200, b"{}")
+        assert isinstance(response._original_response, _Response)
+        connection.close()
+        thread.join(5)
+    head = received[0].split(b"\r\n\r\n")[0].decode().split("\r\n")
+    assert head[0] == "POST /v1/messages HTTP/1.1"
+    assert head[2:] == [f"{k}: {v}" for k, v in PROVIDER_HEADERS.items()]
 
 
 @pytest.mark.parametrize("value", [f"{FAKE_KEY}\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b",
