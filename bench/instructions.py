@@ -59,9 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         nginx = Nginx(Path(workdir))
-        root = f"http://127.0.0.1:{nginx.port}"
-        env = {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
-               "JINA_BASE_URL": f"{root}/jina/v1"}
+        env = nginx.base_urls()
         try:
             print(f"| {args.repo.resolve()} | instructions per request (worker, user space) |")
             print("| --- | --- |")

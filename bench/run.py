@@ -103,6 +103,12 @@ http {{
                 time.sleep(0.05)
         raise RuntimeError("nginx did not start")
 
+    def base_urls(self) -> dict[str, str]:
+        """The service's settings that send every provider call here."""
+        root = f"http://127.0.0.1:{self.port}"
+        return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
+                "JINA_BASE_URL": f"{root}/jina/v1"}
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=10)
@@ -165,9 +171,7 @@ def pct(values: list[float], q: float) -> float:
 def measure(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     nginx = Nginx(workdir)
-    root = f"http://127.0.0.1:{nginx.port}"
-    env = {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
-           "JINA_BASE_URL": f"{root}/jina/v1"}
+    env = nginx.base_urls()
     naive_workers = 2 * (os.cpu_count() or 1) + 1  # gunicorn's usual advice for gthread
     rows: dict[str, dict[str, str]] = {}
 
