@@ -104,8 +104,8 @@ class _LeanConnection:
         among the headers given. The header block is checked and written in one piece, not
         header by header (~35 us a request); http.client's putrequest still checks the method
         and URL, and its endheaders sends. Anything else goes to urllib3's own request()."""
-        if chunked or not isinstance(body, bytes) or not headers or (
-                "Content-Length" not in headers or "Host" in headers):
+        if (chunked or not isinstance(body, bytes) or not headers
+                or "Content-Length" not in headers or "Host" in headers):
             return super().request(
                 method, url, body, headers, chunked=chunked, preload_content=preload_content,
                 decode_content=decode_content, enforce_content_length=enforce_content_length)
@@ -134,10 +134,10 @@ class _ProviderAdapter(HTTPAdapter):
     """The Session's adapter, without the per-call work this service never needs.
 
     Every call of a service goes to the same URL, with no proxy and the default TLS settings,
-    so its connection pool is looked up once (and makes connections with the cheap liveness
-    check); and an answer gets no cookie jar or charset guess, as its bytes are relayed as they
-    are. These are the hooks requests keeps for subclasses; send() itself, with its error
-    translation, is requests' own.
+    so its connection pool is looked up once (and makes our lean connections, above); and an
+    answer gets no cookie jar or charset guess, as its bytes are relayed as they are. These are
+    the hooks requests keeps for subclasses; send() itself, with its error translation, is
+    requests' own.
     """
 
     def __init__(self, **kwargs: Any) -> None:

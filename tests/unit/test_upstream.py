@@ -1,3 +1,4 @@
+import email.parser
 import http.client
 import io
 import json
@@ -14,8 +15,8 @@ import urllib3.exceptions
 
 from config import SERVICES
 from proxy.errors import client_status
-from proxy.upstream import (_PLAIN_HEADER_BLOCK, Upstream, _HTTPConnection, _HTTPSConnection,
-                            _parse_headers, _Response, _transport_error)
+from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _parse_headers,
+                            _Response, _transport_error)
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -273,9 +274,24 @@ def test_a_header_block_is_read_as_the_e_mail_parser_reads_it(block):
     assert ours.read() == theirs.read()  # the body starts where it did
 
 
-def test_a_providers_usual_header_block_takes_the_fast_path():
-    assert _PLAIN_HEADER_BLOCK.fullmatch(NGINX_BLOCK.decode())
-    assert not _PLAIN_HEADER_BLOCK.fullmatch("X-Folded: one\r\n two\r\n\r\n")
+def test_a_providers_usual_header_block_never_reaches_the_e_mail_parser(monkeypatch):
+    provider_block = (b"Date: Tue, 24 Nov 2026 23:47:40 GMT\r\nContent-Type: application/json\r\n"
+                      b"openai-processing-ms: 412\r\nx-ratelimit-remaining-requests: 9999\r\n"
+                      b'set-cookie: __cf_bm=a.b-c; path=/; expires=Wed, 25-Nov-26 00:17:40 GMT\r\n'
+                      b'alt-svc: h3=":443"; ma=86400\r\n\r\n')
+    expected = [http.client.parse_headers(io.BufferedReader(io.BytesIO(block))).items()
+                for block in (NGINX_BLOCK, provider_block)]
+    parsed = []
+
+    def refuse(**_):
+        raise AssertionError("the e-mail parser was used")
+
+    monkeypatch.setattr(email.parser, "Parser", refuse)
+    for block in (NGINX_BLOCK, provider_block):
+        parsed.append(_parse_headers(io.BufferedReader(io.BytesIO(block))).items())
+    assert parsed == expected
+    with pytest.raises(AssertionError, match="e-mail parser"):  # a folded line still goes there
+        _parse_headers(io.BufferedReader(io.BytesIO(b"X-Folded: one\r\n two\r\n\r\n")))
 
 
 def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
