@@ -1,7 +1,10 @@
 """CPU per request of this checkout against another, in interleaved wrk runs.
 
     .venv/bin/python bench/compare.py ../other-checkout [--rounds 10] [--seconds 3]
-        [--case chat] [--connections 16]
+        [--case chat] [--connections 16] [--other-python PATH]
+
+The other side is another checkout, or (`.` with --other-python) this code under another
+interpreter build, from a venv holding requirements.txt.
 
 Two runs of bench/run.py minutes apart can differ by 10-20% on a shared machine; runs of two
 services side by side, taking turns (A B, B A, ...), see the same load. Both run with default
@@ -28,6 +31,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("--case", choices=list(CASES), default="chat")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--other-python", default=sys.executable,
+                        help="the interpreter the other side runs under (default: this one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
         nginx = Nginx(Path(workdir))
@@ -36,7 +41,7 @@ def main() -> None:
         services = {}
         try:
             services["this"] = Service(env, repo=REPO)
-            services["other"] = Service(env, repo=args.other)
+            services["other"] = Service(env, repo=args.other, python=args.other_python)
             cpu: dict[str, list[float]] = {name: [] for name in services}
             for round_ in range(args.rounds):
                 for name in sorted(services, reverse=round_ % 2 == 1):
@@ -52,8 +57,9 @@ def main() -> None:
                 service.stop()
             nginx.stop()
     ratio = statistics.median(t / o for t, o in zip(cpu["this"], cpu["other"]))
-    for name, path in (("this", REPO), ("other", args.other.resolve())):
-        print(f"{name:5s} {path}: CPU {statistics.median(cpu[name]):.3f} ms per request "
+    for name, path, python in (("this", REPO, sys.executable),
+                               ("other", args.other.resolve(), args.other_python)):
+        print(f"{name:5s} {path} ({python}): CPU {statistics.median(cpu[name]):.3f} ms per request "
               f"(median of {args.rounds}, lowest {min(cpu[name]):.3f})")
     print(f"this / other, median of the per-round ratios: {ratio:.3f}")
 

@@ -26,12 +26,14 @@ def base_url_env(root: str) -> dict[str, str]:
 
 class Service:
     """gunicorn on 127.0.0.1 with the Procfile's config (or `args`), settings at their defaults
-    unless `env` says otherwise; the code of `repo` (another checkout, to compare), run under
-    `wrapper` (valgrind, to count instructions) when given."""
+    unless `env` says otherwise; the code of `repo` (another checkout, to compare) under the
+    interpreter `python` (another build, to compare), run under `wrapper` (valgrind, to count
+    instructions) when given."""
 
     def __init__(self, env: dict[str, str], app: str = "app:app",
                  args: tuple[str, ...] = ("-c", "gunicorn.conf.py"), repo: Path = REPO,
-                 wrapper: tuple[str, ...] = (), start_seconds: float = 20) -> None:
+                 python: str = sys.executable, wrapper: tuple[str, ...] = (),
+                 start_seconds: float = 20) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="bench-")
@@ -40,7 +42,7 @@ class Service:
         full_env.pop("GUNICORN_CMD_ARGS", None)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [*wrapper, sys.executable, "-m", "gunicorn", *args, "-b",
+                [*wrapper, python, "-m", "gunicorn", *args, "-b",
                  f"127.0.0.1:{self.port}", app],
                 cwd=repo, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + start_seconds
