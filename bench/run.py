@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.service import Service, free_port  # noqa: E402
+from bench.service import Service, base_url_env, free_port  # noqa: E402
 
 KEY = "sk-bench-key"
 # case: (service, upstream path, the answer file)
@@ -106,8 +106,7 @@ http {{
     def base_urls(self) -> dict[str, str]:
         """The service's settings that send every provider call here."""
         root = f"http://127.0.0.1:{self.port}"
-        return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
-                "JINA_BASE_URL": f"{root}/jina/v1"}
+        return {**base_url_env(root), "JINA_BASE_URL": f"{root}/jina/v1"}
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -343,6 +343,20 @@ def test_a_request_goes_out_as_urllib3_would_send_it(method, body, headers):
     assert ours.startswith(f"{method} /v1/messages?x=1 HTTP/1.1\r\nHost: 127.0.0.1:".encode())
 
 
+def test_the_services_request_head_is_written_in_one_piece(monkeypatch):
+    """Only http.client's putrequest adds a header (Host) by itself; the provider headers go
+    out as one block, not through putheader one by one."""
+    names = []
+    put_one = urllib3.connection.HTTPConnection.putheader
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "putheader",
+                        lambda self, name, *values: names.append(name) or put_one(
+                            self, name, *values))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        sent = sent_bytes(server, _HTTPConnection, "POST", "/v1", b"{}", PROVIDER_HEADERS)
+    assert names == ["Host"]
+    assert sent.endswith(b"Content-Length: 2\r\n\r\n{}")
+
+
 @pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is not installed")
 def test_a_tls_connection_takes_the_same_paths(tmp_path):
     """HTTPS connections are ours too: the header block in one piece, our header parsing."""
