@@ -234,6 +234,24 @@ def _scrub(body: bytes, api_key: str) -> bytes:
     return body.replace(key, b"[REDACTED]")
 
 
+def _scrub_split(data: bytes, api_key: str) -> tuple[bytes, bytes]:
+    """A stream's bytes with the key masked, as (what can be sent now, what waits for the
+    next chunk): the last bytes wait only if the key could start there, split across chunks.
+
+    Nothing else is held back: a key is printable ASCII, so an event's closing blank line is
+    never the start of one."""
+    data, key = _scrub(data, api_key), api_key.encode()
+    start = -1
+    if len(key) >= SHORTEST_SECRET:
+        # The first place in the last len(key) - 1 bytes from which the rest begins the key.
+        start = data.find(key[:1], max(0, len(data) - len(key) + 1))
+        while start != -1 and not key.startswith(data[start:]):
+            start = data.find(key[:1], start + 1)
+    if start == -1:
+        return data, b""
+    return data[:start], data[start:]
+
+
 class Upstream:
     """The per-app pool: one Session per provider, URLs and headers built once at start."""
 
@@ -273,7 +291,7 @@ class Upstream:
         is_2xx = 200 <= status < 300
         if is_2xx and wants_stream and _is_event_stream(response):
             log.stream = True
-            return Reply(headers, chunks=self._relay(response, service, log))
+            return Reply(headers, chunks=self._relay(response, service, api_key, log))
 
         body = _scrub(self._read(response, service), api_key)
         is_json = _is_json(body)
@@ -326,13 +344,16 @@ class Upstream:
             response.close()  # a fully read connection is already back in the pool
 
     @staticmethod
-    def _relay(response: requests.Response, service: Service, log: RequestLog) -> Iterator[bytes]:
-        """Yield the provider's bytes as they arrive, never waiting to fill a buffer.
+    def _relay(response: requests.Response, service: Service, api_key: str,
+               log: RequestLog) -> Iterator[bytes]:
+        """Yield the provider's bytes as they arrive, never waiting to fill a buffer, with an
+        echoed key masked as in a plain answer.
 
         A chunked answer is relayed chunk by chunk; any other, with read1, whatever the socket
         holds. Closing this generator (the client went away) closes the provider connection.
         """
         raw = response.raw
+        held = b""
         try:
             if raw.chunked:
                 chunks = raw.read_chunked(decode_content=True)
@@ -340,7 +361,11 @@ class Upstream:
                 chunks = iter(lambda: raw.read1(_READ_SIZE, decode_content=True) or b"", b"")
             for chunk in chunks:
                 log.relayed(len(chunk))
-                yield chunk
+                chunk, held = _scrub_split(held + chunk, api_key)
+                if chunk:
+                    yield chunk
+            if held:
+                yield held
             log.ended = "completed"
         except GeneratorExit:
             log.ended = "client_gone"

@@ -60,6 +60,17 @@ def test_stream_is_relayed_unchanged_as_it_arrives(service, upstream, name):
     assert len(chunks) >= 10  # relayed event by event, not gathered
 
 
+def test_a_key_echoed_across_stream_chunks_is_masked_without_holding_events(service):
+    events = ['data: {"delta":"a"}\n\n', f'data: {{"delta":"{FAKE_KEY[:10]}',
+              f'{FAKE_KEY[10:]}"}}\n\n', "data: [DONE]\n\n"]
+    response, chunks, _ = read_stream(
+        service, stream_body("openai_chat", events=events, interval=0.3))
+    assert b"".join(c for _, c in chunks) == (
+        "".join(events).replace(FAKE_KEY, "[REDACTED]").encode())
+    first_arrival, first = chunks[0]
+    assert first == events[0].encode() and first_arrival < 0.2, chunks
+
+
 def test_provider_error_frames_inside_a_200_stream_pass_untouched(service):
     events = ['event: message_start\ndata: {"type":"message_start"}\n\n',
               'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'

@@ -7,6 +7,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import types
 
 import pytest
 import requests
@@ -15,6 +16,7 @@ import urllib3.exceptions
 
 from config import SERVICES
 from proxy.errors import client_status
+from proxy.logs import RequestLog
 from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _parse_headers,
                             _Response, _transport_error)
 from tests.conftest import FAKE_KEY
@@ -209,6 +211,50 @@ def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
     response = post(client)
     assert response.get_json()["error"]["details"]["error"]["message"] == (
         "Incorrect API key [REDACTED]")
+
+
+def test_a_key_echoed_in_a_stream_is_masked(client, mocked):
+    sse = f'data: {{"delta": "{FAKE_KEY}"}}\n\ndata: [DONE]\n\n'.encode()
+    mocked.post(URL, body=sse, content_type="text/event-stream")
+    response = post(client, payload={"model": "m", "stream": True})  # the client sweeps it too
+    assert response.data == b'data: {"delta": "[REDACTED]"}\n\ndata: [DONE]\n\n'
+
+
+def relay(chunks: list[bytes], api_key: str = FAKE_KEY) -> list[bytes]:
+    """What Upstream._relay yields for a provider stream that arrives in these chunks."""
+    raw = types.SimpleNamespace(chunked=True, read_chunked=lambda decode_content: iter(chunks))
+    response = types.SimpleNamespace(raw=raw, close=lambda: None)
+    return list(Upstream._relay(response, SERVICES["openai_chat"], api_key,
+                                RequestLog("r", "POST", "/")))
+
+
+STREAM = f'data: {{"a": "{FAKE_KEY}"}}\n\ndata: {{"b": "{FAKE_KEY[:9]}"}}\n\n'.encode()
+
+
+@pytest.mark.parametrize("cut", range(1, len(STREAM)))
+def test_a_key_split_across_stream_chunks_is_masked_and_only_its_start_waits(cut):
+    key = FAKE_KEY.encode()
+    sent = relay([STREAM[:cut], STREAM[cut:]])
+    assert b"".join(sent) == STREAM.replace(key, b"[REDACTED]")
+    # What waits for the next chunk: the longest end of the first chunk that starts the key.
+    # So a whole event (it ends in a blank line) never waits.
+    first = STREAM[:cut].replace(key, b"[REDACTED]")
+    waits = max(n for n in range(len(key)) if first.endswith(key[:n]))
+    assert sent[0] == first[:len(first) - waits]
+
+
+def test_a_stream_in_single_bytes_comes_out_whole_and_masked():
+    sent = relay([STREAM[i:i + 1] for i in range(len(STREAM))])
+    assert b"".join(sent) == STREAM.replace(FAKE_KEY.encode(), b"[REDACTED]")
+
+
+def test_a_stream_that_ends_on_the_start_of_a_key_sends_it_at_the_end():
+    assert relay([b"data: ", b"sk-te"]) == [b"data: ", b"sk-te"]
+    assert relay([b"data: sk-te"]) == [b"data: ", b"sk-te"]
+
+
+def test_a_key_too_short_to_be_real_is_not_held_back_in_a_stream():
+    assert relay([b"data: o", b"k\n\n"], api_key="ok") == [b"data: o", b"k\n\n"]
 
 
 @pytest.mark.parametrize("extra", [{}, {"seed": 2 ** 70}])  # past 64 bits too
