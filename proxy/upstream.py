@@ -234,6 +234,15 @@ def _scrub(body: bytes, api_key: str) -> bytes:
     return body.replace(key, b"[REDACTED]")
 
 
+def _scrub_headers(headers: dict[str, str], api_key: str) -> dict[str, str]:
+    """The provider headers passed on, with the key masked in their values, as in a body."""
+    if len(api_key) >= SHORTEST_SECRET:
+        for name, value in headers.items():
+            if api_key in value:
+                headers[name] = value.replace(api_key, "[REDACTED]")
+    return headers
+
+
 def _scrub_split(data: bytes, api_key: str) -> tuple[bytes, bytes]:
     """A stream's bytes with the key masked, as (what can be sent now, what waits for the
     next chunk): the last bytes wait only if the key could start there, split across chunks.
@@ -287,7 +296,7 @@ class Upstream:
         response = self._send(service, api_key, sent, options, wants_stream)
         log.upstream_ms = round((time.perf_counter() - started) * 1000, 1)
         status = log.upstream_status = response.status_code
-        headers = passed_headers(response.headers)
+        headers = _scrub_headers(passed_headers(response.headers), api_key)
         is_2xx = 200 <= status < 300
         if is_2xx and wants_stream and _is_event_stream(response):
             log.stream = True

@@ -213,6 +213,15 @@ def test_a_key_echoed_by_the_provider_is_masked(client, mocked):
         "Incorrect API key [REDACTED]")
 
 
+@pytest.mark.parametrize("status", [200, 429])
+def test_a_key_echoed_in_a_passed_header_is_masked(client, mocked, status):
+    mocked.post(URL, status=status, json={}, headers={
+        "x-request-id": f"req-{FAKE_KEY}", "x-ratelimit-note": f"{FAKE_KEY} {FAKE_KEY}"})
+    response = post(client)  # the client sweeps its headers too
+    assert response.headers["X-Upstream-Request-ID"] == "req-[REDACTED]"
+    assert response.headers["x-ratelimit-note"] == "[REDACTED] [REDACTED]"
+
+
 def test_a_key_echoed_in_a_stream_is_masked(client, mocked):
     sse = f'data: {{"delta": "{FAKE_KEY}"}}\n\ndata: [DONE]\n\n'.encode()
     mocked.post(URL, body=sse, content_type="text/event-stream")
