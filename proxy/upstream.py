@@ -381,6 +381,8 @@ class Upstream:
             raise
         except (Urllib3Error, OSError) as exc:
             log.ended = "upstream_error"
+            if held:  # the client gets all that came before the error event
+                yield held
             raise _transport_error(exc, service.name) from None
         finally:
             response.close()

@@ -8,6 +8,7 @@ import ssl
 import subprocess
 import threading
 import types
+from typing import Iterable, Iterator
 
 import pytest
 import requests
@@ -15,7 +16,7 @@ import urllib3.connection
 import urllib3.exceptions
 
 from config import SERVICES
-from proxy.errors import client_status
+from proxy.errors import NetworkError, client_status
 from proxy.logs import RequestLog
 from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _parse_headers,
                             _Response, _transport_error)
@@ -229,12 +230,17 @@ def test_a_key_echoed_in_a_stream_is_masked(client, mocked):
     assert response.data == b'data: {"delta": "[REDACTED]"}\n\ndata: [DONE]\n\n'
 
 
-def relay(chunks: list[bytes], api_key: str = FAKE_KEY) -> list[bytes]:
-    """What Upstream._relay yields for a provider stream that arrives in these chunks."""
+def relaying(chunks: Iterable[bytes], api_key: str = FAKE_KEY,
+             log: RequestLog | None = None) -> Iterator[bytes]:
+    """Upstream._relay over a provider stream that arrives in these chunks."""
     raw = types.SimpleNamespace(chunked=True, read_chunked=lambda decode_content: iter(chunks))
     response = types.SimpleNamespace(raw=raw, close=lambda: None)
-    return list(Upstream._relay(response, SERVICES["openai_chat"], api_key,
-                                RequestLog("r", "POST", "/")))
+    return Upstream._relay(response, SERVICES["openai_chat"], api_key,
+                           log or RequestLog("r", "POST", "/"))
+
+
+def relay(chunks: list[bytes], api_key: str = FAKE_KEY) -> list[bytes]:
+    return list(relaying(chunks, api_key))
 
 
 STREAM = f'data: {{"a": "{FAKE_KEY}"}}\n\ndata: {{"b": "{FAKE_KEY[:9]}"}}\n\n'.encode()
@@ -260,6 +266,20 @@ def test_a_stream_in_single_bytes_comes_out_whole_and_masked():
 def test_a_stream_that_ends_on_the_start_of_a_key_sends_it_at_the_end():
     assert relay([b"data: ", b"sk-te"]) == [b"data: ", b"sk-te"]
     assert relay([b"data: sk-te"]) == [b"data: ", b"sk-te"]
+
+
+def test_a_stream_that_breaks_on_the_start_of_a_key_sends_it_before_the_error():
+    def chunks():
+        yield b"data: sk-te"
+        raise urllib3.exceptions.ProtocolError("reset")
+
+    log = RequestLog("r", "POST", "/")
+    sent = relaying(chunks(), log=log)
+    assert next(sent) == b"data: "
+    assert next(sent) == b"sk-te"
+    with pytest.raises(NetworkError):
+        next(sent)
+    assert log.ended == "upstream_error"
 
 
 def test_a_key_too_short_to_be_real_is_not_held_back_in_a_stream():
