@@ -223,42 +223,43 @@ def _is_json(body: bytes) -> bool:
     return True
 
 
-def _scrub(body: bytes, api_key: str) -> bytes:
-    """Mask the key should a provider ever echo it back: it must reach no client.
-
-    Not a key too short to be a real one (as in the logs): masking every ":" or "ok" in an
-    answer would break its JSON, and a local gateway may well take such a key."""
-    key = api_key.encode()
-    if len(key) < SHORTEST_SECRET or key not in body:
-        return body
-    return body.replace(key, b"[REDACTED]")
+def _maskable(api_key: str) -> bytes:
+    """The key as an echo of it would read; empty for a key too short to be a real one (as in
+    the logs): masking every ":" or "ok" in an answer would break its JSON, and a local gateway
+    may well take such a key."""
+    return api_key.encode() if len(api_key) >= SHORTEST_SECRET else b""
 
 
-def _scrub_headers(headers: dict[str, str], api_key: str) -> dict[str, str]:
+def _scrub(body: bytes, key: bytes) -> bytes:
+    """Mask the key should a provider ever echo it back: it must reach no client."""
+    return body.replace(key, b"[REDACTED]") if key and key in body else body
+
+
+def _scrub_headers(headers: dict[str, str], key: bytes) -> dict[str, str]:
     """The provider headers passed on, with the key masked in their values, as in a body."""
-    if len(api_key) >= SHORTEST_SECRET:
+    if key:
+        text = key.decode()
         for name, value in headers.items():
-            if api_key in value:
-                headers[name] = value.replace(api_key, "[REDACTED]")
+            if text in value:
+                headers[name] = value.replace(text, "[REDACTED]")
     return headers
 
 
-def _scrub_split(data: bytes, api_key: str) -> tuple[bytes, bytes]:
+def _scrub_split(data: bytes, key: bytes) -> tuple[bytes, bytes]:
     """A stream's bytes with the key masked, as (what can be sent now, what waits for the
     next chunk): the last bytes wait only if the key could start there, split across chunks.
 
     Nothing else is held back: a key is printable ASCII, so an event's closing blank line is
     never the start of one."""
-    data, key = _scrub(data, api_key), api_key.encode()
-    start = -1
-    if len(key) >= SHORTEST_SECRET:
+    data = _scrub(data, key)
+    if key:
         # The first place in the last len(key) - 1 bytes from which the rest begins the key.
         start = data.find(key[:1], max(0, len(data) - len(key) + 1))
-        while start != -1 and not key.startswith(data[start:]):
+        while start != -1:
+            if key.startswith(data[start:]):
+                return data[:start], data[start:]
             start = data.find(key[:1], start + 1)
-    if start == -1:
-        return data, b""
-    return data[:start], data[start:]
+    return data, b""
 
 
 class Upstream:
@@ -296,13 +297,14 @@ class Upstream:
         response = self._send(service, api_key, sent, options, wants_stream)
         log.upstream_ms = round((time.perf_counter() - started) * 1000, 1)
         status = log.upstream_status = response.status_code
-        headers = _scrub_headers(passed_headers(response.headers), api_key)
+        key = _maskable(api_key)
+        headers = _scrub_headers(passed_headers(response.headers), key)
         is_2xx = 200 <= status < 300
         if is_2xx and wants_stream and _is_event_stream(response):
             log.stream = True
-            return Reply(headers, chunks=self._relay(response, service, api_key, log))
+            return Reply(headers, chunks=self._relay(response, service, key, log))
 
-        body = _scrub(self._read(response, service), api_key)
+        body = _scrub(self._read(response, service), key)
         is_json = _is_json(body)
         if is_2xx and not is_json:
             raise ExternalServiceError(f"{service.name} answered {status} without JSON",
@@ -353,10 +355,10 @@ class Upstream:
             response.close()  # a fully read connection is already back in the pool
 
     @staticmethod
-    def _relay(response: requests.Response, service: Service, api_key: str,
+    def _relay(response: requests.Response, service: Service, key: bytes,
                log: RequestLog) -> Iterator[bytes]:
         """Yield the provider's bytes as they arrive, never waiting to fill a buffer, with an
-        echoed key masked as in a plain answer.
+        echoed key (see _maskable) masked as in a plain answer.
 
         A chunked answer is relayed chunk by chunk; any other, with read1, whatever the socket
         holds. Closing this generator (the client went away) closes the provider connection.
@@ -370,7 +372,7 @@ class Upstream:
                 chunks = iter(lambda: raw.read1(_READ_SIZE, decode_content=True) or b"", b"")
             for chunk in chunks:
                 log.relayed(len(chunk))
-                chunk, held = _scrub_split(held + chunk, api_key)
+                chunk, held = _scrub_split(held + chunk, key)
                 if chunk:
                     yield chunk
             if held:

@@ -18,8 +18,8 @@ import urllib3.exceptions
 from config import SERVICES
 from proxy.errors import NetworkError, client_status
 from proxy.logs import RequestLog
-from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _parse_headers,
-                            _Response, _transport_error)
+from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _maskable,
+                            _parse_headers, _Response, _transport_error)
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -235,7 +235,7 @@ def relaying(chunks: Iterable[bytes], api_key: str = FAKE_KEY,
     """Upstream._relay over a provider stream that arrives in these chunks."""
     raw = types.SimpleNamespace(chunked=True, read_chunked=lambda decode_content: iter(chunks))
     response = types.SimpleNamespace(raw=raw, close=lambda: None)
-    return Upstream._relay(response, SERVICES["openai_chat"], api_key,
+    return Upstream._relay(response, SERVICES["openai_chat"], _maskable(api_key),
                            log or RequestLog("r", "POST", "/"))
 
 
