@@ -15,6 +15,10 @@ _INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 _PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 _UPSTREAM_ID_HEADERS = ("x-request-id", "request-id")
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 §5.6.2)
+# A run of control characters (HTAB aside) with the white space after it: a folded line, a stray
+# CR, LF or NUL. RFC 9110 §5.5 has a recipient replace them with spaces before passing them on.
+_CONTROLS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+[ \t]*")
 DETAILS_TEXT_LIMIT = 2048
 
 
@@ -82,14 +86,19 @@ def details_from(body: bytes, raw_json: RawJSON | None) -> RawJSON | str | None:
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    """The provider's rate-limit, retry and request-id headers; no other header passes."""
+    """The provider's rate-limit, retry and request-id headers; no other header passes.
+
+    Each as HTTP allows it in our answer (else gunicorn answers a bare 500): control characters
+    become spaces, and a name that is no token is dropped."""
     out = {}
     for name in upstream:  # a repeated header comes once, its values joined
         value, lower = upstream[name], name.lower()
-        if lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES):
-            out[name] = value
-        elif lower in _UPSTREAM_ID_HEADERS:
-            out["X-Upstream-Request-ID"] = value
+        if lower in _UPSTREAM_ID_HEADERS:
+            name = "X-Upstream-Request-ID"
+        elif not (lower in _PASSED_HEADERS
+                  or (lower.startswith(_PASSED_PREFIXES) and _TOKEN.fullmatch(name))):
+            continue
+        out[name] = value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
     return out
 
 

@@ -187,3 +187,29 @@ def test_one_summary_line_per_request_in_json(service):
     assert (line["status"], line["upstreamStatus"], line["stream"]) == (200, 200, False)
     assert line["payloadKeys"] == ["model", "stub"]
     assert line["url"].endswith("/v1/chat/completions")
+
+
+
+ODD_HEADERS = {"x-ratelimit-limit-requests": "60\r\n\tper minute", "x-request-id": "up\x01-1",
+               "x-ratelimit-reset(tokens)": "1s", "Retry-After": "2"}
+
+
+@pytest.mark.parametrize("answer", [
+    {"stub": "status", "status": 200, "body": {"id": "x"}},
+    {"stub": "status", "status": 429},
+    {"stub": "sse", "stream": True, "events": ["data: {}\n\n"]}], ids=["200", "429", "stream"])
+def test_odd_provider_headers_never_break_the_answer(service, answer):
+    """A folded line, a stray control character or a name no HTTP header may have: gunicorn
+    refuses such a header in an answer (a bare 500, outside the envelope). The first two are
+    cleaned as RFC 9110 §5.5 says (each control run a space); a bad name is not passed."""
+    response = service.post(body(**answer, headers=ODD_HEADERS))
+    assert response.status_code == answer.get("status", 200), response.text
+    if answer["stub"] == "sse":
+        assert response.content == b"data: {}\n\n"
+    else:
+        assert response.json()["success"] is (response.status_code == 200)
+    headers = response.headers
+    assert headers["x-ratelimit-limit-requests"] == "60 per minute"
+    assert headers["X-Upstream-Request-ID"] == "up -1"
+    assert "x-ratelimit-reset(tokens)" not in headers
+    assert headers["Retry-After"] == "2"

@@ -16,6 +16,7 @@ import urllib3.connection
 import urllib3.exceptions
 
 from config import SERVICES
+from proxy.envelope import passed_headers
 from proxy.errors import NetworkError, client_status
 from proxy.logs import RequestLog
 from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _maskable,
@@ -159,6 +160,24 @@ def test_a_repeated_provider_header_is_passed_once_with_its_values_joined(client
     response = post(client)
     assert response.headers.getlist("x-ratelimit-limit-requests") == ["60, 1000"]
 
+
+
+@pytest.mark.parametrize(("value", "passed"), [
+    ("60\r\n per minute", "60 per minute"),  # a folded line, as the e-mail parser leaves it
+    ("60\r\n\t\tper minute", "60 per minute"),
+    ("a\rb", "a b"), ("a\nb", "a b"), ("a\x00b", "a b"), ("a\x1fb\x7f", "a b"),
+    ("a\x01\x02 \tb", "a b"),
+    ("a\tb", "a\tb"), ("caf\xe9", "caf\xe9"), ("\x85", "\x85"),  # allowed as they are
+])
+def test_passed_header_values_lose_their_control_characters(value, passed):
+    assert passed_headers({"x-ratelimit-note": value, "x-request-id": value}) == {
+        "x-ratelimit-note": passed, "X-Upstream-Request-ID": passed}
+
+
+@pytest.mark.parametrize("name", ["x-ratelimit-reset(tokens)", "x-ratelimit-a b",
+                                  "anthropic-ratelimit-x/y", 'x-ratelimit-"q"'])
+def test_a_passed_header_whose_name_is_no_token_is_dropped(name):
+    assert passed_headers({name: "1", "x-ratelimit-ok_1.a~": "2"}) == {"x-ratelimit-ok_1.a~": "2"}
 
 def test_provider_cookies_are_never_sent_back(client, mocked):
     mocked.post(URL, json={}, headers={"Set-Cookie": "session=abc; Path=/"})
