@@ -79,7 +79,7 @@ def client_status(upstream_status: int) -> int:
     """Status the client gets for a non-2xx provider answer (contract §4).
 
     A provider's 4xx means the client's payload or key is at fault, so it passes through;
-    anything else (5xx, 529, 1xx, 3xx) is the provider's failure: 502.
+    anything else (5xx, 529, 101, 3xx) is the provider's failure: 502.
     """
     return upstream_status if 400 <= upstream_status < 500 else 502
 

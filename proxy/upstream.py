@@ -69,11 +69,27 @@ def _parse_headers(fp: Any) -> http.client.HTTPMessage:
     return message
 
 
+# http.client's own begin() (status line, framing, keep-alive), run over a copy of the module's
+# globals in which parse_headers is ours.
+_begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
+                            {**vars(http.client), "parse_headers": _parse_headers})
+
+
 class _Response(http.client.HTTPResponse):
-    # http.client's own begin() (status line, framing, keep-alive), run over a copy of the
-    # module's globals in which parse_headers is ours.
-    begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
-                               {**vars(http.client), "parse_headers": _parse_headers})
+    def _read_status(self) -> tuple[str, int, str]:
+        """The status line of the final answer. An interim one (102, 103 Early Hints, any 1xx
+        but 101) is skipped with its headers, as http.client skips only 100: taken for the
+        answer, it left the real one on the connection for the next caller to read."""
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client._read_headers(self.fp)
+
+    def begin(self) -> None:
+        _begin(self)
+        if self.status < 200:  # 101: the connection has changed protocol, never reuse it
+            self.will_close = True
 
 
 class _LeanConnection:
@@ -311,7 +327,7 @@ class Upstream:
                                        service=service.name, upstream_status=status,
                                        details=details_from(body, None), headers=headers)
         if not is_2xx:
-            # 1xx and 3xx land here too: a redirect is never followed, it would carry the key.
+            # 101 and 3xx land here too: a redirect is never followed, it would carry the key.
             raw = RawJSON(body) if is_json else None
             raise ExternalServiceError(f"{service.name} answered {status}", service=service.name,
                                        status=client_status(status), upstream_status=status,

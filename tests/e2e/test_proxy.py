@@ -67,6 +67,31 @@ def test_a_kept_alive_connection_the_provider_closed_is_not_reused(service, upst
     assert first["port"] != second["port"]
 
 
+
+def test_an_interim_answer_is_skipped_and_never_left_for_the_next_caller(service, upstream):
+    """A 102 or 103 Early Hints before the answer is not the answer: taken for one, it left the
+    real answer on the pooled connection, and the next caller (another user) got it."""
+    with requests.Session() as client:  # one client connection: one worker, one pooled one
+        first, second = (client.post(f"{service.url}/api/proxy/external", json=sent,
+                                     headers=service.headers, timeout=5) for sent in (
+            body(stub="interim", statuses=[102, 103], delay=0.3, answer={"who": "first"}),
+            body(stub="json", answer={"who": "second"})))
+        assert (first.status_code, first.json()["data"]) == (200, {"who": "first"})
+        assert (second.status_code, second.json()["data"]) == (200, {"who": "second"})
+    assert upstream.requests[-1]["port"] == upstream.requests[-2]["port"]  # reused: it was clean
+
+
+def test_a_switching_protocols_answer_is_a_502_and_its_connection_is_not_reused(service,
+                                                                                  upstream):
+    with requests.Session() as client:  # one client connection: one worker
+        first, second = (client.post(f"{service.url}/api/proxy/external", json=body(stub=stub),
+                                     headers=service.headers, timeout=5)
+                         for stub in ("switch", "json"))
+        assert first.status_code == 502
+        assert first.json()["error"]["upstreamStatus"] == 101
+        assert second.status_code == 200
+    assert upstream.requests[-1]["port"] != upstream.requests[-2]["port"]
+
 def test_data_is_the_provider_body_byte_for_byte(service):
     raw = '{"x": 1e-05, "y": [1.0, 2.50], "z": "\\u00e9"}'
     response = service.post(body(stub="json", answer_raw=raw))

@@ -82,6 +82,22 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(payload["status"], raw, payload.get("headers"),
                    payload.get("content_type", "application/json"))
 
+    def _interim(self, payload: dict) -> None:
+        """Interim answers (`statuses`, e.g. 103 Early Hints) at once; the answer `delay` later."""
+        for status in payload["statuses"]:
+            self.send_response_only(status)
+            self.send_header("Link", "</style.css>; rel=preload")
+            self.end_headers()
+        time.sleep(payload.get("delay", 0))
+        self._json(payload)
+
+    def _switch(self, payload: dict) -> None:
+        """101 Switching Protocols, asked for or not; the connection stays open."""
+        self.send_response_only(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.end_headers()
+
     def _json_then_hang_up(self, payload: dict) -> None:
         """Answer as kept alive (no Connection: close), then close it, as an idle timeout does."""
         self._json(payload)
