@@ -403,6 +403,31 @@ def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
         connection.close()
 
 
+
+@pytest.mark.parametrize(("interim", "status", "body", "kept"), [
+    (b"", 200, b"{}", True),
+    (b"HTTP/1.1 100 Continue\r\n\r\n", 200, b"{}", True),
+    (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n"
+     b"Link: </b.js>\r\n\r\n", 200, b"{}", True),
+    (b"HTTP/1.1 199 Whatever\r\nX-A: 1\r\n\r\n", 200, b"{}", True),
+    # A 101 is the answer (a 502 for the client), and the connection is not the pool's any more.
+    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", 101, b"", False),
+])
+def test_interim_answers_are_skipped_for_the_one_that_follows(interim, status, body, kept):
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
+        connection.request("POST", "/v1", body=b"{}")
+        peer, _ = server.accept()
+        with peer:
+            peer.recv(65536)
+            peer.sendall(interim + b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
+            response = connection.getresponse()
+            assert (response.status, response.data) == (status, body)
+            if status == 200:
+                assert response.headers["content-type"] == "application/json"
+        assert (connection.sock is not None) is kept
+        connection.close()
+
 def sent_bytes(server, connection_class, method, url, body, headers):
     """What a connection of this class puts on the wire for one request."""
     connection = connection_class("127.0.0.1", server.getsockname()[1])
