@@ -388,22 +388,6 @@ def test_a_providers_usual_header_block_never_reaches_the_e_mail_parser(monkeypa
         _parse_headers(io.BufferedReader(io.BytesIO(b"X-Folded: one\r\n two\r\n\r\n")))
 
 
-def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
-        connection.request("POST", "/v1", body=b"{}")
-        peer, _ = server.accept()
-        with peer:
-            peer.recv(65536)
-            peer.sendall(b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
-            response = connection.getresponse()
-            assert (response.status, response.data) == (200, b"{}")
-        assert response.headers["content-type"] == "application/json"
-        assert isinstance(response._original_response, _Response)
-        connection.close()
-
-
-
 @pytest.mark.parametrize(("interim", "status", "body", "kept"), [
     (b"", 200, b"{}", True),
     (b"HTTP/1.1 100 Continue\r\n\r\n", 200, b"{}", True),
@@ -413,7 +397,8 @@ def test_a_pooled_connection_reads_a_real_answer_with_its_headers():
     # A 101 is the answer (a 502 for the client), and the connection is not the pool's any more.
     (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", 101, b"", False),
 ])
-def test_interim_answers_are_skipped_for_the_one_that_follows(interim, status, body, kept):
+def test_a_pooled_connection_reads_the_final_answer_with_its_headers(interim, status, body, kept):
+    """Interim answers (any 1xx but 101) are skipped for the one that follows them."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
         connection.request("POST", "/v1", body=b"{}")
@@ -425,8 +410,10 @@ def test_interim_answers_are_skipped_for_the_one_that_follows(interim, status, b
             assert (response.status, response.data) == (status, body)
             if status == 200:
                 assert response.headers["content-type"] == "application/json"
+        assert isinstance(response._original_response, _Response)
         assert (connection.sock is not None) is kept
         connection.close()
+
 
 def sent_bytes(server, connection_class, method, url, body, headers):
     """What a connection of this class puts on the wire for one request."""
