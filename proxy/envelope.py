@@ -91,14 +91,17 @@ def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
     Each as HTTP allows it in our answer (else gunicorn answers a bare 500): control characters
     become spaces, and a name that is no token is dropped."""
     out = {}
-    for name in upstream:  # a repeated header comes once, its values joined
-        value, lower = upstream[name], name.lower()
+    for name in upstream:
+        lower = name.lower()
         if lower in _UPSTREAM_ID_HEADERS:
-            name = "X-Upstream-Request-ID"
-        elif not (lower in _PASSED_HEADERS
-                  or (lower.startswith(_PASSED_PREFIXES) and _TOKEN.fullmatch(name))):
+            passed_as = "X-Upstream-Request-ID"
+        elif lower in _PASSED_HEADERS or (lower.startswith(_PASSED_PREFIXES)
+                                          and _TOKEN.fullmatch(name)):
+            passed_as = name
+        else:
             continue
-        out[name] = value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
+        value = upstream[name]  # a repeated header comes once, its values joined
+        out[passed_as] = value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
     return out
 
 
