@@ -417,4 +417,4 @@ def _parsed(body: bytes) -> Any:
 
 def _is_event_stream(response: requests.Response) -> bool:
     # A compatible gateway that ignores stream=true answers JSON: treat that as a plain answer.
-    return response.headers.get("Content-Type", "").startswith("text/event-stream")
+    return response.headers.get("Content-Type", "").lower().startswith("text/event-stream")

@@ -252,9 +252,12 @@ def test_cohere_generate_unexpected_chat_shape_is_502(client, mocked):
     assert response.get_json()["error"]["code"] == "EXTERNAL_SERVICE_ERROR"
 
 
-def test_stream_relays_provider_bytes_with_stream_headers(client, mocked):
+# Media types are case-insensitive (RFC 9110 §8.3.1) and may carry parameters.
+@pytest.mark.parametrize("content_type", ["text/event-stream", "text/event-stream; charset=utf-8",
+                                          "Text/Event-Stream;charset=UTF-8"])
+def test_stream_relays_provider_bytes_with_stream_headers(client, mocked, content_type):
     sse = b'data: {"choices":[{"delta":{"content":"Hi"}}]}\n\ndata: [DONE]\n\n'
-    mocked.post(service_url("openai_chat"), body=sse, content_type="text/event-stream")
+    mocked.post(service_url("openai_chat"), body=sse, content_type=content_type)
     response = client.post(EXTERNAL, json=body(payload={"model": "m", "stream": True}))
     assert response.status_code == 200
     assert response.data == sse
