@@ -69,13 +69,12 @@ def _parse_headers(fp: Any) -> http.client.HTTPMessage:
     return message
 
 
-# http.client's own begin() (status line, framing, keep-alive), run over a copy of the module's
-# globals in which parse_headers is ours.
-_begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
-                            {**vars(http.client), "parse_headers": _parse_headers})
-
-
 class _Response(http.client.HTTPResponse):
+    # http.client's own begin() (status line, framing, keep-alive), run over a copy of the
+    # module's globals in which parse_headers is ours.
+    begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
+                               {**vars(http.client), "parse_headers": _parse_headers})
+
     def _read_status(self) -> tuple[str, int, str]:
         """The status line of the final answer. An interim one (102, 103 Early Hints, any 1xx
         but 101) is skipped with its headers, as http.client skips only 100: taken for the
@@ -86,10 +85,10 @@ class _Response(http.client.HTTPResponse):
                 return version, status, reason
             http.client._read_headers(self.fp)
 
-    def begin(self) -> None:
-        _begin(self)
-        if self.status < 200:  # 101: the connection has changed protocol, never reuse it
-            self.will_close = True
+    def _check_close(self) -> bool:
+        # Where begin() decides whether the connection stays open: after a 101 it has changed
+        # protocol, so it is never reused.
+        return self.status < 200 or super()._check_close()
 
 
 class _LeanConnection:

@@ -46,51 +46,55 @@ def test_stand_in_sees_the_right_path_and_exactly_the_contract_headers(service, 
     assert headers["Accept-Encoding"] == "identity"
 
 
+def on_one_connection(service, *sent: dict, pause: float = 0) -> list[requests.Response]:
+    """Proxy calls one after another over one client connection, so that one worker, and its
+    pool of provider connections, serves them all; `pause` seconds between them."""
+    responses = []
+    with requests.Session() as client:
+        for each in sent:
+            if responses:
+                time.sleep(pause)
+            responses.append(client.post(f"{service.url}/api/proxy/external", json=each,
+                                         headers=service.headers, timeout=5))
+    return responses
+
+
 def test_upstream_connections_are_kept_alive(service, upstream):
-    with requests.Session() as client:  # one client connection: one worker
-        for _ in range(3):
-            assert client.post(f"{service.url}/api/proxy/external", json=body(),
-                               headers=service.headers, timeout=5).status_code == 200
+    for response in on_one_connection(service, body(), body(), body()):
+        assert response.status_code == 200
     assert len({r["port"] for r in upstream.requests[-3:]}) == 1
 
 
 def test_a_kept_alive_connection_the_provider_closed_is_not_reused(service, upstream):
     """Providers close idle connections without warning: the proxy sees it before reusing one
     and opens another, instead of failing the next call."""
-    with requests.Session() as client:  # one client connection: one worker
-        for stub in ("json_then_hang_up", "json"):
-            response = client.post(f"{service.url}/api/proxy/external", json=body(stub=stub),
-                                   headers=service.headers, timeout=5)
-            assert response.status_code == 200, response.text
-            time.sleep(0.2)  # the provider's close reaches the proxy
+    # The pause lets the provider's close reach the proxy.
+    for response in on_one_connection(service, body(stub="json_then_hang_up"), body(stub="json"),
+                                      pause=0.2):
+        assert response.status_code == 200, response.text
     first, second = upstream.requests[-2:]
     assert first["port"] != second["port"]
-
 
 
 def test_an_interim_answer_is_skipped_and_never_left_for_the_next_caller(service, upstream):
     """A 102 or 103 Early Hints before the answer is not the answer: taken for one, it left the
     real answer on the pooled connection, and the next caller (another user) got it."""
-    with requests.Session() as client:  # one client connection: one worker, one pooled one
-        first, second = (client.post(f"{service.url}/api/proxy/external", json=sent,
-                                     headers=service.headers, timeout=5) for sent in (
-            body(stub="interim", statuses=[102, 103], delay=0.3, answer={"who": "first"}),
-            body(stub="json", answer={"who": "second"})))
-        assert (first.status_code, first.json()["data"]) == (200, {"who": "first"})
-        assert (second.status_code, second.json()["data"]) == (200, {"who": "second"})
+    first, second = on_one_connection(
+        service, body(stub="interim", statuses=[102, 103], delay=0.3, answer={"who": "first"}),
+        body(stub="json", answer={"who": "second"}))
+    assert (first.status_code, first.json()["data"]) == (200, {"who": "first"})
+    assert (second.status_code, second.json()["data"]) == (200, {"who": "second"})
     assert upstream.requests[-1]["port"] == upstream.requests[-2]["port"]  # reused: it was clean
 
 
 def test_a_switching_protocols_answer_is_a_502_and_its_connection_is_not_reused(service,
                                                                                   upstream):
-    with requests.Session() as client:  # one client connection: one worker
-        first, second = (client.post(f"{service.url}/api/proxy/external", json=body(stub=stub),
-                                     headers=service.headers, timeout=5)
-                         for stub in ("switch", "json"))
-        assert first.status_code == 502
-        assert first.json()["error"]["upstreamStatus"] == 101
-        assert second.status_code == 200
+    first, second = on_one_connection(service, body(stub="switch"), body(stub="json"))
+    assert first.status_code == 502
+    assert first.json()["error"]["upstreamStatus"] == 101
+    assert second.status_code == 200
     assert upstream.requests[-1]["port"] != upstream.requests[-2]["port"]
+
 
 def test_data_is_the_provider_body_byte_for_byte(service):
     raw = '{"x": 1e-05, "y": [1.0, 2.50], "z": "\\u00e9"}'
@@ -212,7 +216,6 @@ def test_one_summary_line_per_request_in_json(service):
     assert (line["status"], line["upstreamStatus"], line["stream"]) == (200, 200, False)
     assert line["payloadKeys"] == ["model", "stub"]
     assert line["url"].endswith("/v1/chat/completions")
-
 
 
 ODD_HEADERS = {"x-ratelimit-limit-requests": "60\r\n\tper minute", "x-request-id": "up\x01-1",

@@ -161,7 +161,6 @@ def test_a_repeated_provider_header_is_passed_once_with_its_values_joined(client
     assert response.headers.getlist("x-ratelimit-limit-requests") == ["60, 1000"]
 
 
-
 @pytest.mark.parametrize(("value", "passed"), [
     ("60\r\n per minute", "60 per minute"),  # a folded line, as the e-mail parser leaves it
     ("60\r\n\t\tper minute", "60 per minute"),
@@ -178,6 +177,7 @@ def test_passed_header_values_lose_their_control_characters(value, passed):
                                   "anthropic-ratelimit-x/y", 'x-ratelimit-"q"'])
 def test_a_passed_header_whose_name_is_no_token_is_dropped(name):
     assert passed_headers({name: "1", "x-ratelimit-ok_1.a~": "2"}) == {"x-ratelimit-ok_1.a~": "2"}
+
 
 def test_provider_cookies_are_never_sent_back(client, mocked):
     mocked.post(URL, json={}, headers={"Set-Cookie": "session=abc; Path=/"})
