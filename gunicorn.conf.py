@@ -60,8 +60,10 @@ threads = settings.gunicorn_threads
 timeout = 30
 # Below a PaaS's 30 s stop timeout, so in-flight calls finish before the platform kills us.
 graceful_timeout = 25
-# Above the usual load balancer idle timeout (60 s), so the balancer closes idle connections first.
-keepalive = 75
+# Above the idle timeout of the router or balancer in front (Heroku's Router 2.0: 90 s; AWS ALB
+# and nginx: 60 s), so it is always the one to close an idle connection: were gunicorn to close
+# it first, a request the router sends on it at that moment would fail.
+keepalive = 95
 # No preload: each worker builds its own connection pool after the fork.
 preload_app = False
 

@@ -1,4 +1,6 @@
 import os
+import runpy
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +102,12 @@ def test_factory_takes_its_settings():
 def test_two_apps_do_not_share_a_pool():
     a, b = create_app(make_settings()), create_app(make_settings())
     assert a.extensions["proxy"] is not b.extensions["proxy"]
+
+
+def test_gunicorn_keeps_idle_connections_longer_than_the_router_in_front(monkeypatch):
+    # Heroku's Router 2.0 keeps its connections to an app 90 s (AWS's ALB and nginx 60 s): the
+    # side that closes an idle connection must be the router, or a request it sends just then
+    # fails.
+    monkeypatch.setenv("METRICS_ENABLED", "false")  # no metrics directory for this process
+    conf = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
+    assert conf["keepalive"] > 90
