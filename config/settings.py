@@ -43,6 +43,7 @@ class Settings:
     upstream_pool_size: int = 32
     upstream_retries: int = 2
     max_request_bytes: int = 10 * 1024 * 1024
+    client_body_timeout: float = 30.0
     cors_origins: tuple[str, ...] = ("*",)
     log_level: str = "INFO"
     cohere_generate_model: str = "command-a-03-2025"
@@ -78,6 +79,7 @@ class Settings:
             upstream_pool_size=_integer(environ, "UPSTREAM_POOL_SIZE", 32),
             upstream_retries=_integer(environ, "UPSTREAM_RETRIES", 2, minimum=0),
             max_request_bytes=_integer(environ, "MAX_REQUEST_BYTES", 10 * 1024 * 1024),
+            client_body_timeout=_seconds(environ, "CLIENT_BODY_TIMEOUT", 30.0),
             cors_origins=_origins(environ.get("CORS_ORIGINS", cors_default)),
             log_level=_choice(environ, "LOG_LEVEL", "INFO", LOG_LEVELS, str.upper),
             cohere_generate_model=environ.get("COHERE_GENERATE_MODEL", "").strip()

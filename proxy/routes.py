@@ -1,6 +1,7 @@
 """The blueprint and its three views: parse the body, load the schema, forward, wrap."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from typing import Iterator
@@ -98,7 +99,8 @@ def _json_object_body() -> dict:
     werkzeug's own limit silently cuts a chunked body short, and get_json() answers a wrong
     Content-Type with a 415, so the bytes are counted here.
     """
-    limit, length = _upstream().settings.max_request_bytes, request.content_length
+    settings = _upstream().settings
+    limit, length = settings.max_request_bytes, request.content_length
     if length is not None and length > limit:
         raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
     # The media type as werkzeug's mimetype reads it, without parsing the parameters.
@@ -106,11 +108,12 @@ def _json_object_body() -> dict:
             "application/json"):
         raise ValidationError("Content-Type must be application/json.")
     data, size = [], 0
-    while chunk := request.stream.read(_READ_SIZE):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
-        data.append(chunk)
+    with _stall_limit(settings.client_body_timeout):
+        while chunk := request.stream.read(_READ_SIZE):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
+            data.append(chunk)
     try:
         body = envelope.loads_strict(b"".join(data))
     except ValueError:
@@ -119,6 +122,28 @@ def _json_object_body() -> dict:
     if not isinstance(body, dict):
         raise ValidationError("Body must be a JSON object.")
     return body
+
+
+@contextmanager
+def _stall_limit(seconds: float) -> Iterator[None]:
+    """Refuse a body that stops arriving for `seconds`: with none, gunicorn waits for it for
+    ever, and a few dozen stalled clients held every gthread thread (a few thousand, every
+    gevent worker's connections). gunicorn then closes the connection, as a body it failed to
+    read leaves the next request's start unknown. (Not under `flask run`: no socket is known.)
+    """
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        yield
+        return
+    before = sock.gettimeout()
+    sock.settimeout(seconds)
+    try:
+        yield
+    except TimeoutError:
+        raise ValidationError(
+            f"The request body stopped arriving: nothing came for {seconds:g} s.") from None
+    finally:
+        sock.settimeout(before)
 
 
 def _option_headers(service: Service) -> dict[str, str]:

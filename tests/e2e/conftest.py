@@ -51,7 +51,7 @@ class RunningService:
         self.raw_headers = "".join(f"{k}: {v}\r\n" for k, v in self.headers.items()).encode()
         full_env = {**os.environ, "LOG_LEVEL": "DEBUG", "WEB_CONCURRENCY": "2",
                     "UPSTREAM_CONNECT_TIMEOUT": "0.5", "UPSTREAM_READ_TIMEOUT": "1",
-                    "UPSTREAM_RETRIES": "1",
+                    "UPSTREAM_RETRIES": "1", "CLIENT_BODY_TIMEOUT": "1",
                     # Proxies from the environment must be ignored: these lead nowhere.
                     "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
                     "NO_PROXY": "",

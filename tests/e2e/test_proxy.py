@@ -1,6 +1,7 @@
 """The contract over real sockets: headers on the wire, statuses, faults, limits."""
 import http.client
 import json
+import socket
 import time
 
 import pytest
@@ -200,6 +201,75 @@ def test_small_chunked_body_is_accepted(service):
                                                **service.headers})
     response = conn.getresponse()
     assert response.status == 200, response.read()
+    conn.close()
+
+
+def _stalled_call(service, framing: str = "content-length") -> socket.socket:
+    """A connection whose request body stops after its first bytes (the e2e services give up
+    after CLIENT_BODY_TIMEOUT, 1 s)."""
+    data = json.dumps(body()).encode()
+    if framing == "chunked":
+        head, start = b"Transfer-Encoding: chunked\r\n", b"a\r\n" + data[:10] + b"\r\n"
+    else:
+        head, start = b"Content-Length: %d\r\n" % len(data), data[:10]
+    sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+    sock.sendall(b"POST /api/proxy/external HTTP/1.1\r\nHost: proxy\r\n"
+                 b"Content-Type: application/json\r\n" + service.raw_headers + head + b"\r\n"
+                 + start)
+    return sock
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_request_body_that_stops_arriving_is_refused_and_its_connection_closed(
+        service, upstream, framing):
+    before = len(upstream.requests)
+    with _stalled_call(service, framing) as sock:
+        started, answer = time.monotonic(), b""
+        while data := sock.recv(65536):  # until the service closes (else a timeout error)
+            answer += data
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == {
+        "code": "VALIDATION_ERROR",
+        "message": "The request body stopped arriving: nothing came for 1 s."}
+    assert 0.9 < elapsed < 5
+    assert len(upstream.requests) == before
+
+
+def test_stalled_request_bodies_hold_the_service_only_for_the_limit(service):
+    # More stalled calls than the instance has gthread threads (2 workers x 8): without the
+    # limit they held every thread for as long as their clients kept the connections open.
+    stalled = [_stalled_call(service) for _ in range(40)]
+    try:
+        assert service.request("GET", "/api/proxy/health", timeout=20)[0] == 200
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_slow_steady_body_and_an_idle_kept_alive_connection_are_not_cut(service):
+    """The limit is on silence within a body: not on a body's whole time, nor on the idle
+    time between calls on a kept-alive connection."""
+    data = json.dumps(body()).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(data)),
+               **service.headers}
+
+    def slowly():
+        for piece in (data[:10], data[10:20], data[20:]):
+            yield piece
+            time.sleep(0.6)  # 1.8 s in all, each pause under the 1 s limit
+
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
+    conn.request("POST", "/api/proxy/external", body=slowly(), headers=headers)
+    first = conn.getresponse()
+    assert first.status == 200, first.read()
+    first.read()
+    sock = conn.sock
+    time.sleep(1.5)  # idle past the limit
+    conn.request("POST", "/api/proxy/external", body=data, headers=headers)
+    second = conn.getresponse()
+    assert second.status == 200, second.read()
+    assert conn.sock is sock  # the same connection, kept alive
     conn.close()
 
 

@@ -26,6 +26,7 @@ def test_defaults_match_the_contract_table():
     assert s.upstream_pool_size == 32
     assert s.upstream_retries == 2
     assert s.max_request_bytes == 10485760
+    assert s.client_body_timeout == 30.0  # ours; the contract has no such variable
     assert s.cors_origins == ("*",)
     assert s.log_level == "INFO"
     assert s.cohere_generate_model == "command-a-03-2025"
@@ -40,7 +41,7 @@ def test_every_variable_is_read():
         "GUNICORN_WORKER_CLASS": "gevent", "GUNICORN_THREADS": "4",
         "UPSTREAM_CONNECT_TIMEOUT": "1.5", "UPSTREAM_READ_TIMEOUT": "60",
         "UPSTREAM_POOL_SIZE": "8", "UPSTREAM_RETRIES": "0", "MAX_REQUEST_BYTES": "1000",
-        "CORS_ORIGINS": "https://a.example, https://b.example/", "LOG_LEVEL": "debug",
+        "CLIENT_BODY_TIMEOUT": "2.5", "CORS_ORIGINS": "https://a.example, https://b.example/", "LOG_LEVEL": "debug",
         "COHERE_GENERATE_MODEL": "command-r7b-12-2024",
         "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1/", "ANTHROPIC_BASE_URL": "http://[::1]:81",
         "JINA_BASE_URL": "https://gw.example/jina", "CO_API_URL": "http://localhost:82"})
@@ -48,6 +49,7 @@ def test_every_variable_is_read():
         "production", 5000, 3, "gevent")
     assert (s.gunicorn_threads, s.upstream_connect_timeout, s.upstream_read_timeout) == (4, 1.5, 60)
     assert (s.upstream_pool_size, s.upstream_retries, s.max_request_bytes) == (8, 0, 1000)
+    assert s.client_body_timeout == 2.5
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert (s.log_level, s.cohere_generate_model) == ("DEBUG", "command-r7b-12-2024")
     assert s.base_urls == {"openai": "http://127.0.0.1:8080/v1", "anthropic": "http://[::1]:81",
@@ -73,7 +75,7 @@ def test_empty_cors_origins_turns_cors_off():
     ("UPSTREAM_READ_TIMEOUT", "-5"), ("UPSTREAM_READ_TIMEOUT", "inf"),
     ("UPSTREAM_READ_TIMEOUT", "nan"),
     ("UPSTREAM_POOL_SIZE", "0"), ("UPSTREAM_RETRIES", "-1"), ("UPSTREAM_RETRIES", "1.5"),
-    ("MAX_REQUEST_BYTES", "10MB"), ("LOG_LEVEL", "LOUD"),
+    ("MAX_REQUEST_BYTES", "10MB"), ("CLIENT_BODY_TIMEOUT", "0"), ("LOG_LEVEL", "LOUD"),
     *[(p.base_url_env, bad) for p in PROVIDERS.values()
       for bad in ("ftp://x.example", "api.openai.com", "http://", "http://h/?q=1")],
 ])

@@ -150,6 +150,53 @@ def test_chunked_body_over_the_limit_is_413_not_cut_short(mocked):
     assert response.get_json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
 
+class _ClientSocket:
+    """gunicorn's client socket, as far as the body's stall limit uses it."""
+
+    def __init__(self) -> None:
+        self.timeout, self.set = None, []
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
+        self.set.append(seconds)
+
+
+class _StallingInput(io.BytesIO):
+    """A request body whose client stops sending after its first bytes."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        if not data:
+            raise TimeoutError("timed out")  # what the socket raises at its timeout
+        return data
+
+
+@pytest.mark.parametrize("stalls", [False, True])
+def test_the_body_is_read_under_the_stall_limit_and_the_socket_is_left_as_it_was(mocked,
+                                                                               stalls):
+    app = create_app(make_settings(client_body_timeout=7))
+    if not stalls:
+        mocked.post(service_url("openai_chat"), json={})
+    sock = _ClientSocket()
+    # gunicorn marks its input as ending where the body ends, as here.
+    response = app.test_client().post(
+        EXTERNAL, input_stream=_StallingInput(GOOD[:10]) if stalls else io.BytesIO(GOOD),
+        content_type="application/json", content_length=len(GOOD),
+        environ_overrides={"gunicorn.socket": sock, "wsgi.input_terminated": True})
+    assert sock.set == [7, None]
+    if stalls:
+        assert response.status_code == 400
+        assert response.get_json()["error"] == {
+            "code": "VALIDATION_ERROR",
+            "message": "The request body stopped arriving: nothing came for 7 s."}
+        assert len(mocked.calls) == 0
+    else:
+        assert response.status_code == 200
+
+
 def test_body_at_the_limit_is_accepted(mocked):
     data = json.dumps(body(payload={"input": "x"})).encode()
     app = create_app(make_settings(max_request_bytes=len(data)))
