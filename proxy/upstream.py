@@ -92,16 +92,23 @@ class _Response(http.client.HTTPResponse):
 
 
 class _LeanConnection:
-    """What our pools' connections do more cheaply than urllib3's, with the same results.
+    """What our pools' connections do more cheaply than urllib3's, with the same results, and
+    the time a request may take to send.
 
     Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
     idle timeout does that): readable means closed, or bytes nobody asked for. Answered here
     by the kernel's poll. A request's headers are written in one piece, and a provider's
-    header block is read without the e-mail parser.
+    header block is read without the e-mail parser. A request is sent under `send_timeout`
+    (the read timeout), not the connect timeout urllib3 leaves on the socket.
     """
 
     sock: Any
+    timeout: float | None
     response_class = _Response
+
+    def __init__(self, *args: Any, send_timeout: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.send_timeout = send_timeout
 
     @property
     def is_connected(self) -> bool:
@@ -127,8 +134,11 @@ class _LeanConnection:
         lines = [f"{name}: {value}" for name, value in headers.items()]
         if not "".join(lines).isprintable():  # no line break or other control character
             raise ValueError("a request header holds a control character")
-        if self.sock is not None:
-            self.sock.settimeout(self.timeout)
+        if self.sock is None:
+            self.connect()  # a plain-HTTP connection opens here; an HTTPS pool has opened it
+        # urllib3 would send under the connect timeout, giving a 10 MB body 5 s to get through;
+        # the provider has as long to take our bytes as to send its own.
+        self.sock.settimeout(self.timeout if self.send_timeout is None else self.send_timeout)
         self._response_options = _ResponseOptions(
             request_method=method, request_url=url, preload_content=preload_content,
             decode_content=decode_content, enforce_content_length=enforce_content_length)
@@ -155,9 +165,10 @@ class _ProviderAdapter(HTTPAdapter):
     requests' own.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._pools: dict[str, HTTPConnectionPool] = {}
+        self._send_timeout = send_timeout
 
     def get_connection_with_tls_context(self, request: requests.PreparedRequest,
                                         verify: Any, proxies: Any = None,
@@ -167,6 +178,7 @@ class _ProviderAdapter(HTTPAdapter):
             pool = self._pools[request.url] = super().get_connection_with_tls_context(
                 request, verify, proxies, cert)
             pool.ConnectionCls = _HTTPSConnection if pool.scheme == "https" else _HTTPConnection
+            pool.conn_kw["send_timeout"] = self._send_timeout
         return pool
 
     def close(self) -> None:
@@ -197,21 +209,25 @@ def _session(settings: Settings) -> requests.Session:
     retries = Retry(total=None, connect=settings.upstream_retries, read=False, redirect=False,
                     status=0, other=0)  # read=False keeps a read timeout a Timeout (504)
     adapter = _ProviderAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
-                               max_retries=retries)
+                               max_retries=retries, send_timeout=settings.upstream_read_timeout)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
 
 
-def _transport_error(exc: Exception, service: str) -> ProxyError:
+def _transport_error(exc: BaseException, service: str) -> ProxyError:
     """Classify a failure below HTTP (contract §4).
 
     Timeouts are tested first: requests' ConnectTimeout is a ConnectionError as well as a
     Timeout. A stall while reading a body (read from the raw response) surfaces as urllib3's
-    ReadTimeoutError.
+    ReadTimeoutError, and one while sending the request as a ConnectionError caused by the
+    socket's TimeoutError.
     """
-    if isinstance(exc, (requests.Timeout, ReadTimeoutError)):
-        return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (requests.Timeout, ReadTimeoutError, TimeoutError)):
+            return UpstreamTimeoutError(f"{service} did not answer in time", service=service)
+        cause = cause.__cause__ or cause.__context__
     return NetworkError(f"the connection to {service} failed", service=service)
 
 

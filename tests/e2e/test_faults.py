@@ -1,5 +1,6 @@
 """Provider faults the other e2e files do not stage: a certificate that does not verify, a DNS
-name that does not resolve, a redirect loop, a 10 MB answer and an answer that is not JSON.
+name that does not resolve, a redirect loop, a 10 MB answer, an answer that is not JSON, and a
+large request taken slowly or never.
 (Never answering, half a body, resets and refusals are in test_proxy.py.) Each gives its
 documented code within its documented time."""
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 
 from tests.conftest import FAKE_KEY
 from tests.e2e.conftest import base_urls, start_service
-from tests.e2e.upstream import TLSStandIn
+from tests.e2e.upstream import SlowReader, TLSStandIn
 
 
 def body(**payload) -> dict:
@@ -111,3 +112,35 @@ def test_absurd_headers_are_refused_by_the_server_before_the_app(service, upstre
     status = int(answer.split(b" ", 2)[1])
     assert 400 <= status < 500, answer[:200]
     assert len(upstream.requests) == before
+
+
+@pytest.mark.parametrize("worker", ["gevent", "gthread"])
+def test_a_large_body_is_sent_at_the_providers_pace_and_one_it_never_takes_is_504(tmp_path,
+                                                                                  worker):
+    """Sending is bounded by UPSTREAM_READ_TIMEOUT, not by the connect timeout (0.5 s here)
+    that urllib3 leaves on the socket: a 6 MB body (images, long contexts) taken at a slow
+    link's pace used to fail after 0.5 s as a NETWORK_ERROR."""
+    reader = SlowReader()
+    service = start_service(tmp_path / "svc", {**base_urls(reader.url),
+                                               "GUNICORN_WORKER_CLASS": worker,
+                                               "UPSTREAM_READ_TIMEOUT": "2"})
+    large = body(input="x" * 6_000_000)
+
+    def send():
+        # A connection per call, closed after it: none is left for a worker to wait on when
+        # the service stops.
+        return service.post(large, timeout=20, headers={"Connection": "close"})
+
+    try:
+        response, elapsed = timed(send)
+        assert response.status_code == 200, response.text
+        assert elapsed > 1  # the provider took well over the connect timeout
+        assert reader.taken[-1] > 6_000_000  # every byte of the body
+        reader.pace = None
+        response, elapsed = timed(send)
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "UPSTREAM_TIMEOUT"
+        assert 1.5 < elapsed < 8
+    finally:
+        service.stop()
+        reader.close()

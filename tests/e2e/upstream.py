@@ -7,6 +7,7 @@ path, headers (in order), body and client port, for assertions.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import struct
@@ -272,3 +273,55 @@ class Blackhole:
     def close(self) -> None:
         for sock in [*self._fillers, self._server]:
             sock.close()
+
+
+class SlowReader:
+    """A provider on 127.0.0.1 that takes a request body `pace` bytes every 50 ms, or not at
+    all when `pace` is None, then answers {} and closes. `taken` lists each body's bytes taken."""
+
+    def __init__(self) -> None:
+        self.pace: int | None = 200 * 1024  # 4 MB/s
+        self.taken: list[int] = []
+        self._server = socket.socket()
+        # A small receive buffer, inherited by each connection: the sender feels the pace.
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen()
+        self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
+        self._closed = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._take, args=(conn, self.pace), daemon=True).start()
+
+    def _take(self, conn: socket.socket, pace: int | None) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                if not (more := conn.recv(65536)):
+                    return
+                data += more
+            head, _, body = data.partition(b"\r\n\r\n")
+            length, taken = int(re.search(rb"(?i)content-length: *(\d+)", head)[1]), len(body)
+            try:
+                while taken < length:
+                    if pace is None:
+                        self._closed.wait(30)  # until the test ends
+                        return
+                    time.sleep(0.05)
+                    if not (more := conn.recv(pace)):
+                        return
+                    taken += len(more)
+            finally:
+                self.taken.append(taken)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    def close(self) -> None:
+        self._closed.set()
+        self._server.close()
