@@ -1,7 +1,6 @@
 """The blueprint and its three views: parse the body, load the schema, forward, wrap."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import partial
 from typing import Iterator
@@ -97,7 +96,7 @@ def _json_object_body() -> dict:
     """The request body as a JSON object, read and checked by us.
 
     werkzeug's own limit silently cuts a chunked body short, and get_json() answers a wrong
-    Content-Type with a 415, so the bytes are counted here.
+    Content-Type with a 415, so both are checked here (the bytes by _read_body).
     """
     settings = _upstream().settings
     limit, length = settings.max_request_bytes, request.content_length
@@ -107,15 +106,9 @@ def _json_object_body() -> dict:
     if request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != (
             "application/json"):
         raise ValidationError("Content-Type must be application/json.")
-    data, size = [], 0
-    with _stall_limit(settings.client_body_timeout):
-        while chunk := request.stream.read(_READ_SIZE):
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
-            data.append(chunk)
+    data = _read_body(limit, settings.client_body_timeout)
     try:
-        body = envelope.loads_strict(b"".join(data))
+        body = envelope.loads_strict(data)
     except ValueError:
         raise ValidationError(
             "Body is not valid JSON (UTF-8, standard literals, no repeated keys).") from None
@@ -124,26 +117,31 @@ def _json_object_body() -> dict:
     return body
 
 
-@contextmanager
-def _stall_limit(seconds: float) -> Iterator[None]:
-    """Refuse a body that stops arriving for `seconds`: with none, gunicorn waits for it for
-    ever, and a few dozen stalled clients held every gthread thread (a few thousand, every
-    gevent worker's connections). gunicorn then closes the connection, as a body it failed to
-    read leaves the next request's start unknown. (Not under `flask run`: no socket is known.)
+def _read_body(limit: int, stall_seconds: float) -> bytes:
+    """The body, counted against `limit` as it comes (chunked or not), and refused should it
+    stop arriving for `stall_seconds`: gunicorn would wait for it for ever, and a few dozen
+    stalled clients held every gthread thread (a few thousand, every gevent worker's
+    connections). gunicorn then closes the connection, since a body it failed to read leaves
+    the next request's start unknown. (No socket is known under `flask run`.)
     """
     sock = request.environ.get("gunicorn.socket")
-    if sock is None:
-        yield
-        return
-    before = sock.gettimeout()
-    sock.settimeout(seconds)
+    if sock is not None:
+        before = sock.gettimeout()
+        sock.settimeout(stall_seconds)
+    data, size = [], 0
     try:
-        yield
+        while chunk := request.stream.read(_READ_SIZE):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
+            data.append(chunk)
     except TimeoutError:
-        raise ValidationError(
-            f"The request body stopped arriving: nothing came for {seconds:g} s.") from None
+        raise ValidationError("The request body stopped arriving: nothing came for "
+                              f"{stall_seconds:g} s.") from None
     finally:
-        sock.settimeout(before)
+        if sock is not None:
+            sock.settimeout(before)
+    return b"".join(data)
 
 
 def _option_headers(service: Service) -> dict[str, str]:
