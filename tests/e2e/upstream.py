@@ -17,6 +17,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Callable
 
 
 # What Cohere's /v2/chat answers: cohere_generate's translated request gets this.
@@ -219,6 +220,20 @@ class Upstream:
         self._server.server_close()
 
 
+def _serve_each(server: socket.socket, handle: Callable[[socket.socket], None]) -> None:
+    """Hand each connection `server` accepts to `handle`, from a daemon thread, until it is
+    closed."""
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return  # closed
+            handle(conn)
+
+    threading.Thread(target=accept, daemon=True).start()
+
+
 class TLSStandIn:
     """A TLS listener on 127.0.0.1 whose certificate (self-signed, made with openssl) no client
     trusts. It records every connection and every byte that arrives after a handshake."""
@@ -235,21 +250,16 @@ class TLSStandIn:
         self.url = f"https://127.0.0.1:{self._server.getsockname()[1]}"
         self.connections = 0
         self.received = b""
-        threading.Thread(target=self._serve, daemon=True).start()
+        _serve_each(self._server, self._handshake)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return  # closed
-            self.connections += 1
-            try:
-                with self._context.wrap_socket(conn, server_side=True) as tls:
-                    tls.settimeout(2)
-                    self.received += tls.recv(65536)
-            except (ssl.SSLError, OSError):
-                conn.close()  # the client gave up in the handshake: nothing was sent
+    def _handshake(self, conn: socket.socket) -> None:
+        self.connections += 1
+        try:
+            with self._context.wrap_socket(conn, server_side=True) as tls:
+                tls.settimeout(2)
+                self.received += tls.recv(65536)
+        except (ssl.SSLError, OSError):
+            conn.close()  # the client gave up in the handshake: nothing was sent
 
     def close(self) -> None:
         self._server.close()
@@ -289,15 +299,8 @@ class SlowReader:
         self._server.listen()
         self.url = f"http://127.0.0.1:{self._server.getsockname()[1]}"
         self._closed = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._take, args=(conn, self.pace), daemon=True).start()
+        _serve_each(self._server, lambda conn: threading.Thread(
+            target=self._take, args=(conn, self.pace), daemon=True).start())
 
     def _take(self, conn: socket.socket, pace: int | None) -> None:
         with conn:
