@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import CASES, Nginx, proxy_body, wrk  # noqa: E402
+from bench.run import CASES, Nginx, cpu_per_request, proxy_body  # noqa: E402
 from bench.service import REPO, Service  # noqa: E402
 
 
@@ -45,13 +45,8 @@ def main() -> None:
             cpu: dict[str, list[float]] = {name: [] for name in services}
             for round_ in range(args.rounds):
                 for name in sorted(services, reverse=round_ % 2 == 1):
-                    service = services[name]
-                    before = service.cpu_seconds()
-                    done, bad = wrk(service.port, "/api/proxy/external", body, args.connections,
-                                    args.seconds, Path(workdir))
-                    if bad:
-                        raise RuntimeError(f"{bad} non-2xx answers from {name}")
-                    cpu[name].append((service.cpu_seconds() - before) * 1000 / done)
+                    cpu[name].append(cpu_per_request(services[name], body, args.connections,
+                                                     args.seconds, Path(workdir), args.case, []))
         finally:
             for service in services.values():
                 service.stop()

@@ -34,6 +34,7 @@ class Service:
                  args: tuple[str, ...] = ("-c", "gunicorn.conf.py"), repo: Path = REPO,
                  python: str = sys.executable, wrapper: tuple[str, ...] = (),
                  start_seconds: float = 20) -> None:
+        self.app, self.repo = app, repo
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._dir = tempfile.TemporaryDirectory(prefix="bench-")
