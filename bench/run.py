@@ -5,10 +5,10 @@
 Needs wrk and nginx from the system's packages (`apt-get install -y wrk nginx-light`). Starts
 nginx on 127.0.0.1 serving fixed provider answers (a ~600-byte chat completion, 33 KB and 1 MB
 embeddings, a 20-event SSE stream), the service under gunicorn with its default settings (the
-Procfile's command), and for comparison a plain Flask + Session.post proxy under gthread and a
-relay that only copies answers (bench/relay.py). Runs every measurement --runs times, prints the
-medians as one Markdown table, and stops all it started. Loopback only; every run is bounded by
---seconds.
+Procfile's command), and for comparison a plain Flask + Session.post proxy under gthread, a
+relay that only copies answers (bench/relay.py) and, where node and npm are found, Portkey's
+gateway (bench/portkey.py). Runs every measurement --runs times, prints the medians as one
+Markdown table, and stops all it started. Loopback only; every run is bounded by --seconds.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import portkey  # noqa: E402
+from bench.portkey import Portkey  # noqa: E402
 from bench.service import Service, base_url_env, free_port  # noqa: E402
 
 # A key of the shape and length OpenAI issues today ("sk-proj-" and 156 more): the search for an
@@ -118,20 +120,22 @@ http {{
         self.proc.wait(timeout=10)
 
 
+PAYLOAD = {"model": "m", "input": "hello world"}
+
+
 def proxy_body(service: str, stream: bool = False) -> bytes:
-    payload = {"model": "m", "input": "hello world"}
-    if stream:
-        payload["stream"] = True
+    payload = {**PAYLOAD, "stream": True} if stream else PAYLOAD
     return json.dumps({"target_service": service, "api_key": KEY, "payload": payload}).encode()
 
 
 def wrk(port: int, path: str, body: bytes, connections: int, seconds: float,
-        workdir: Path) -> tuple[int, int]:
-    """(requests completed, non-2xx answers) in a wrk run of `seconds`."""
+        workdir: Path, headers: dict[str, str] | None = None) -> tuple[int, int]:
+    """(requests completed, non-2xx answers) in a wrk run of `seconds`, the key sent as a
+    bearer token besides any `headers`."""
     script = workdir / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
-                      'wrk.headers["Content-Type"] = "application/json"\n'
-                      f'wrk.headers["Authorization"] = "Bearer {KEY}"\n')
+                      + "".join(f'wrk.headers["{name}"] = "{value}"\n'
+                                for name, value in _headers(headers).items()))
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(script),
          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
@@ -144,12 +148,16 @@ def wrk(port: int, path: str, body: bytes, connections: int, seconds: float,
     return done, int(bad.group(1)) if bad else 0
 
 
+def _headers(extra: dict[str, str] | None) -> dict[str, str]:
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}", **(extra or {})}
+
+
 def timed_requests(port: int, path: str, body: bytes, seconds: float,
-                   first_byte: bool = False) -> list[float]:
+                   first_byte: bool = False, headers: dict[str, str] | None = None) -> list[float]:
     """Sequential requests on one kept-alive connection; milliseconds each (to the first body
     byte when `first_byte`)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    headers = _headers(headers)
     times, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         started = time.perf_counter()
@@ -168,15 +176,16 @@ def timed_requests(port: int, path: str, body: bytes, seconds: float,
     return times[len(times) // 10:]  # drop the warm-up tenth
 
 
-def cpu_per_request(service: Service, body: bytes, connections: int, seconds: float,
-                    workdir: Path, case: str, rps: list[float]) -> float:
-    """CPU milliseconds `service` spent per request in a wrk run; its requests/s go to `rps`."""
-    before = service.cpu_seconds()
-    done, bad = wrk(service.port, "/api/proxy/external", body, connections, seconds, workdir)
+def cpu_per_request(server: Service | Portkey, body: bytes, connections: int, seconds: float,
+                    workdir: Path, case: str, rps: list[float], path: str = "/api/proxy/external",
+                    headers: dict[str, str] | None = None) -> float:
+    """CPU milliseconds `server` spent per request in a wrk run; its requests/s go to `rps`."""
+    before = server.cpu_seconds()
+    done, bad = wrk(server.port, path, body, connections, seconds, workdir, headers)
     if bad:
-        raise RuntimeError(f"{bad} non-2xx answers from {service.app} at {service.repo} ({case})")
+        raise RuntimeError(f"{bad} non-2xx answers from {server} ({case})")
     rps.append(done / seconds)
-    return (service.cpu_seconds() - before) * 1000 / done
+    return (server.cpu_seconds() - before) * 1000 / done
 
 
 def pct(values: list[float], q: float) -> float:
@@ -193,7 +202,8 @@ def measure(args: argparse.Namespace) -> None:
     def put(row: str, case: str, value: str) -> None:
         rows.setdefault(row, {})[case] = value
 
-    started = []
+    started: list[Service | Portkey] = []
+    why_not = portkey.available()
     try:
         ours = Service(env)
         started.append(ours)
@@ -203,25 +213,33 @@ def measure(args: argparse.Namespace) -> None:
         started.append(naive)
         relay = Service(env, app="bench.relay:app")
         started.append(relay)
-        # CPU per request at 16 connections, ours and the copy-only relay's, by case.
+        gateway = None
+        if not why_not:
+            gateway = Portkey(f"http://127.0.0.1:{nginx.port}", workdir / "portkey.log")
+            started.append(gateway)
+        # CPU per request at 16 connections: ours, the copy-only relay's and Portkey's, by case.
         cpu16: dict[str, float] = {}
         relay_cpu16: dict[str, float] = {}
         for case, (service, path, name) in CASES.items():
             body = proxy_body(service)
+            if gateway:  # Node compiles its hot paths in the first seconds: not measured
+                route, headers = gateway.call(case)
+                wrk(gateway.port, route, json.dumps(PAYLOAD).encode(), 16, 3, workdir, headers)
             for conns in (16, 64):
-                rps, cpu, naive_rps, relay_cpu = [], [], [], []
+                rps, cpu, naive_rps, relay_cpu, portkey_cpu = [], [], [], [], []
                 for _ in range(args.runs):
                     cpu.append(cpu_per_request(ours, body, conns, args.seconds, workdir, case,
                                                rps))
                     done, _ = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
                                   workdir)
                     naive_rps.append(done / args.seconds)
-                    if conns == 16:
+                    if conns == 16:  # the references CPU is compared with
                         relay_cpu.append(cpu_per_request(relay, body, conns, args.seconds,
                                                          workdir, case, []))
-                if conns == 16:
-                    cpu16[case] = statistics.median(cpu)
-                    relay_cpu16[case] = statistics.median(relay_cpu)
+                        if gateway:
+                            portkey_cpu.append(cpu_per_request(
+                                gateway, json.dumps(PAYLOAD).encode(), conns, args.seconds,
+                                workdir, case, [], route, headers))
                 put(f"requests/s, {conns} connections", case, f"{statistics.median(rps):,.0f}")
                 put(f"plain Flask + Session.post proxy (gthread), requests/s, {conns} conn.", case,
                     f"{statistics.median(naive_rps):,.0f}")
@@ -229,20 +247,35 @@ def measure(args: argparse.Namespace) -> None:
                     f"{statistics.median(rps) / statistics.median(naive_rps):.2f}x")
                 put(f"proxy CPU per request, {conns} connections", case,
                     f"{statistics.median(cpu):.2f} ms")
-            p50, p99 = [], []
+                if conns == 16:
+                    cpu16[case] = statistics.median(cpu)
+                    relay_cpu16[case] = statistics.median(relay_cpu)
+                if portkey_cpu:
+                    put(f"Portkey gateway {portkey.VERSION} (Node), CPU per request, 16 conn.",
+                        case, f"{statistics.median(portkey_cpu):.2f} ms")
+                    put("proxy CPU per request / Portkey's, 16 connections", case,
+                        f"{cpu16[case] / statistics.median(portkey_cpu):.2f}")
+            p50, p99, portkey_p50 = [], [], []
             for _ in range(args.runs):
                 direct = timed_requests(nginx.port, path, body, args.seconds / 2)
                 proxied = timed_requests(ours.port, "/api/proxy/external", body, args.seconds / 2)
                 p50.append(pct(proxied, 50) - pct(direct, 50))
                 p99.append(pct(proxied, 99) - pct(direct, 99))
+                if gateway:
+                    through = timed_requests(gateway.port, route, json.dumps(PAYLOAD).encode(),
+                                             args.seconds / 2, headers=headers)
+                    portkey_p50.append(pct(through, 50) - pct(direct, 50))
             put("latency added, p50, 1 connection", case, f"+{statistics.median(p50):.2f} ms")
             put("latency added, p99, 1 connection", case, f"+{statistics.median(p99):.2f} ms")
+            if portkey_p50:
+                put("Portkey: latency added, p50, 1 connection", case,
+                    f"+{statistics.median(portkey_p50):.2f} ms")
             put("answer size", case, f"{nginx.sizes[name]:,} bytes")
         for case in list(CASES)[1:]:
             put("proxy CPU per request over chat's, 16 connections", case,
-                f"+{cpu16[case] - cpu16['chat']:.2f} ms")
+                f"{cpu16[case] - cpu16['chat']:+.2f} ms")
             put("copying it: relay's CPU per request over chat's (bench/relay.py)", case,
-                f"+{relay_cpu16[case] - relay_cpu16['chat']:.2f} ms")
+                f"{relay_cpu16[case] - relay_cpu16['chat']:+.2f} ms")
         first = []
         for _ in range(args.runs):
             direct = timed_requests(nginx.port, STREAM_PATH, b"{}", args.seconds / 2, True)
@@ -270,7 +303,8 @@ def measure(args: argparse.Namespace) -> None:
         cases = list(CASES)
         # The interpreter's build moves CPU per request by ~15%: say which one ran.
         print(f"Services run under {os.path.realpath(sys.executable)} "
-              f"(Python {sys.version.split()[0]}).\n")
+              f"(Python {sys.version.split()[0]}).")
+        print(f"Portkey not measured: {why_not}.\n" if why_not else "")
         print(f"| per proxied request (medians of {args.runs} runs) | " + " | ".join(cases) + " |")
         print("| --- |" + " --- |" * len(cases))
         for row, values in rows.items():

@@ -58,6 +58,9 @@ class Service:
         self.stop()
         raise RuntimeError("service did not start:\n" + log)
 
+    def __repr__(self) -> str:
+        return f"{self.app} at {self.repo}"
+
     def pids(self) -> list[int]:
         """The master and its workers."""
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
