@@ -8,14 +8,12 @@ header; it opens no connection but those (checked with strace: connect() to 127.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
-from bench.service import free_port
+from bench.service import free_port, wait_for_port
 
 VERSION = "1.15.2"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "byok-proxy-bench"
@@ -45,15 +43,9 @@ class Portkey:
                 ["node", str(server), f"--port={self.port}", "--headless"],
                 env={**os.environ, "NODE_ENV": "production"}, stdout=out,
                 stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                http.client.HTTPConnection("127.0.0.1", self.port, timeout=1).connect()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("Portkey's gateway did not start:\n" + log.read_text()[-2000:])
+        if not wait_for_port(self.port, 30):
+            self.stop()
+            raise RuntimeError("Portkey's gateway did not start:\n" + log.read_text()[-2000:])
 
     def __repr__(self) -> str:
         return f"Portkey's gateway {VERSION}"

@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import portkey  # noqa: E402
 from bench.portkey import Portkey  # noqa: E402
-from bench.service import Service, base_url_env, free_port  # noqa: E402
+from bench.service import Service, base_url_env, free_port, wait_for_port  # noqa: E402
 
 # A key of the shape and length OpenAI issues today ("sk-proj-" and 156 more): the search for an
 # echoed key costs more per MB the shorter the key (README, Performance).
@@ -101,14 +101,8 @@ http {{
 }}
 """)
         self.proc = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(workdir)])
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                http.client.HTTPConnection("127.0.0.1", self.port, timeout=1).connect()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("nginx did not start")
+        if not wait_for_port(self.port, 5):
+            raise RuntimeError("nginx did not start")
 
     def base_urls(self) -> dict[str, str]:
         """The service's settings that send every provider call here."""
