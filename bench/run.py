@@ -211,9 +211,6 @@ def measure(args: argparse.Namespace) -> None:
         if not why_not:
             gateway = Portkey(f"http://127.0.0.1:{nginx.port}", workdir / "portkey.log")
             started.append(gateway)
-        # CPU per request at 16 connections: ours, the copy-only relay's and Portkey's, by case.
-        cpu16: dict[str, float] = {}
-        relay_cpu16: dict[str, float] = {}
         for case, (service, path, name) in CASES.items():
             body = proxy_body(service)
             if gateway:  # Node compiles its hot paths in the first seconds: not measured
@@ -224,16 +221,18 @@ def measure(args: argparse.Namespace) -> None:
                 for _ in range(args.runs):
                     cpu.append(cpu_per_request(ours, body, conns, args.seconds, workdir, case,
                                                rps))
+                    # The references CPU is compared with, each right after ours: the machine's
+                    # speed drifts by the minute, so they are read against ours run by run.
+                    if conns == 16:
+                        relay_cpu.append(cpu_per_request(relay, body, conns, args.seconds,
+                                                         workdir, case, []))
+                    if conns == 16 and gateway:
+                        portkey_cpu.append(cpu_per_request(
+                            gateway, json.dumps(PAYLOAD).encode(), conns, args.seconds,
+                            workdir, case, [], route, headers))
                     done, _ = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
                                   workdir)
                     naive_rps.append(done / args.seconds)
-                    if conns == 16:  # the references CPU is compared with
-                        relay_cpu.append(cpu_per_request(relay, body, conns, args.seconds,
-                                                         workdir, case, []))
-                        if gateway:
-                            portkey_cpu.append(cpu_per_request(
-                                gateway, json.dumps(PAYLOAD).encode(), conns, args.seconds,
-                                workdir, case, [], route, headers))
                 put(f"requests/s, {conns} connections", case, f"{statistics.median(rps):,.0f}")
                 put(f"plain Flask + Session.post proxy (gthread), requests/s, {conns} conn.", case,
                     f"{statistics.median(naive_rps):,.0f}")
@@ -241,14 +240,16 @@ def measure(args: argparse.Namespace) -> None:
                     f"{statistics.median(rps) / statistics.median(naive_rps):.2f}x")
                 put(f"proxy CPU per request, {conns} connections", case,
                     f"{statistics.median(cpu):.2f} ms")
-                if conns == 16:
-                    cpu16[case] = statistics.median(cpu)
-                    relay_cpu16[case] = statistics.median(relay_cpu)
+                if relay_cpu:
+                    put("copy-only relay (bench/relay.py), CPU per request, 16 conn.", case,
+                        f"{statistics.median(relay_cpu):.2f} ms")
+                    put("proxy CPU per request over the relay's, 16 connections", case,
+                        f"{statistics.median(c - r for c, r in zip(cpu, relay_cpu)):+.2f} ms")
                 if portkey_cpu:
                     put(f"Portkey gateway {portkey.VERSION} (Node), CPU per request, 16 conn.",
                         case, f"{statistics.median(portkey_cpu):.2f} ms")
                     put("proxy CPU per request / Portkey's, 16 connections", case,
-                        f"{cpu16[case] / statistics.median(portkey_cpu):.2f}")
+                        f"{statistics.median(c / p for c, p in zip(cpu, portkey_cpu)):.2f}")
             p50, p99, portkey_p50 = [], [], []
             for _ in range(args.runs):
                 direct = timed_requests(nginx.port, path, body, args.seconds / 2)
@@ -265,11 +266,6 @@ def measure(args: argparse.Namespace) -> None:
                 put("Portkey: latency added, p50, 1 connection", case,
                     f"+{statistics.median(portkey_p50):.2f} ms")
             put("answer size", case, f"{nginx.sizes[name]:,} bytes")
-        for case in list(CASES)[1:]:
-            put("proxy CPU per request over chat's, 16 connections", case,
-                f"{cpu16[case] - cpu16['chat']:+.2f} ms")
-            put("copying it: relay's CPU per request over chat's (bench/relay.py)", case,
-                f"{relay_cpu16[case] - relay_cpu16['chat']:+.2f} ms")
         first = []
         for _ in range(args.runs):
             direct = timed_requests(nginx.port, STREAM_PATH, b"{}", args.seconds / 2, True)
