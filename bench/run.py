@@ -209,8 +209,12 @@ def measure(args: argparse.Namespace) -> None:
         started.append(relay)
         gateway = None
         if not why_not:
-            gateway = Portkey(f"http://127.0.0.1:{nginx.port}", workdir / "portkey.log")
-            started.append(gateway)
+            try:
+                gateway = Portkey(f"http://127.0.0.1:{nginx.port}", workdir / "portkey.log")
+            except (OSError, subprocess.SubprocessError, RuntimeError) as exc:
+                why_not = f"it did not install or start ({str(exc)[:300]})"
+            else:
+                started.append(gateway)
         for case, (service, path, name) in CASES.items():
             body = proxy_body(service)
             if gateway:  # Node compiles its hot paths in the first seconds: not measured
