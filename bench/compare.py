@@ -46,7 +46,7 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for name in sorted(services, reverse=round_ % 2 == 1):
                     cpu[name].append(cpu_per_request(services[name], body, args.connections,
-                                                     args.seconds, Path(workdir), args.case, []))
+                                                     args.seconds, Path(workdir))[0])
         finally:
             for service in services.values():
                 service.stop()

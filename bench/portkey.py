@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from bench.service import free_port, wait_for_port
+from bench.service import cpu_seconds, free_port, wait_for_port
 
 VERSION = "1.15.2"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "byok-proxy-bench"
@@ -57,9 +57,8 @@ class Portkey:
                        "x-portkey-custom-host": self.upstream_root + base}
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the node process (its threads included)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU of the node process."""
+        return cpu_seconds([self.proc.pid])
 
     def stop(self) -> None:
         self.proc.terminate()

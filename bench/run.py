@@ -115,6 +115,7 @@ http {{
 
 
 PAYLOAD = {"model": "m", "input": "hello world"}
+PAYLOAD_BODY = json.dumps(PAYLOAD).encode()  # what a gateway that takes the key as a header gets
 
 
 def proxy_body(service: str, stream: bool = False) -> bytes:
@@ -171,15 +172,14 @@ def timed_requests(port: int, path: str, body: bytes, seconds: float,
 
 
 def cpu_per_request(server: Service | Portkey, body: bytes, connections: int, seconds: float,
-                    workdir: Path, case: str, rps: list[float], path: str = "/api/proxy/external",
-                    headers: dict[str, str] | None = None) -> float:
-    """CPU milliseconds `server` spent per request in a wrk run; its requests/s go to `rps`."""
+                    workdir: Path, path: str = "/api/proxy/external",
+                    headers: dict[str, str] | None = None) -> tuple[float, float]:
+    """(CPU milliseconds `server` spent per request, requests/s) in a wrk run."""
     before = server.cpu_seconds()
     done, bad = wrk(server.port, path, body, connections, seconds, workdir, headers)
     if bad:
-        raise RuntimeError(f"{bad} non-2xx answers from {server} ({case})")
-    rps.append(done / seconds)
-    return (server.cpu_seconds() - before) * 1000 / done
+        raise RuntimeError(f"{bad} non-2xx answers from {server} ({path}, {body[:80]!r})")
+    return (server.cpu_seconds() - before) * 1000 / done, done / seconds
 
 
 def pct(values: list[float], q: float) -> float:
@@ -217,23 +217,24 @@ def measure(args: argparse.Namespace) -> None:
                 started.append(gateway)
         for case, (service, path, name) in CASES.items():
             body = proxy_body(service)
+            route, headers = gateway.call(case) if gateway else ("", {})
             if gateway:  # Node compiles its hot paths in the first seconds: not measured
-                route, headers = gateway.call(case)
-                wrk(gateway.port, route, json.dumps(PAYLOAD).encode(), 16, 3, workdir, headers)
+                wrk(gateway.port, route, PAYLOAD_BODY, 16, 3, workdir, headers)
             for conns in (16, 64):
                 rps, cpu, naive_rps, relay_cpu, portkey_cpu = [], [], [], [], []
                 for _ in range(args.runs):
-                    cpu.append(cpu_per_request(ours, body, conns, args.seconds, workdir, case,
-                                               rps))
+                    ms, per_second = cpu_per_request(ours, body, conns, args.seconds, workdir)
+                    cpu.append(ms)
+                    rps.append(per_second)
                     # The references CPU is compared with, each right after ours: the machine's
                     # speed drifts by the minute, so they are read against ours run by run.
                     if conns == 16:
                         relay_cpu.append(cpu_per_request(relay, body, conns, args.seconds,
-                                                         workdir, case, []))
+                                                         workdir)[0])
                     if conns == 16 and gateway:
-                        portkey_cpu.append(cpu_per_request(
-                            gateway, json.dumps(PAYLOAD).encode(), conns, args.seconds,
-                            workdir, case, [], route, headers))
+                        portkey_cpu.append(cpu_per_request(gateway, PAYLOAD_BODY, conns,
+                                                           args.seconds, workdir, route,
+                                                           headers)[0])
                     done, _ = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
                                   workdir)
                     naive_rps.append(done / args.seconds)
@@ -261,8 +262,8 @@ def measure(args: argparse.Namespace) -> None:
                 p50.append(pct(proxied, 50) - pct(direct, 50))
                 p99.append(pct(proxied, 99) - pct(direct, 99))
                 if gateway:
-                    through = timed_requests(gateway.port, route, json.dumps(PAYLOAD).encode(),
-                                             args.seconds / 2, headers=headers)
+                    through = timed_requests(gateway.port, route, PAYLOAD_BODY, args.seconds / 2,
+                                             headers=headers)
                     portkey_p50.append(pct(through, 50) - pct(direct, 50))
             put("latency added, p50, 1 connection", case, f"+{statistics.median(p50):.2f} ms")
             put("latency added, p99, 1 connection", case, f"+{statistics.median(p99):.2f} ms")

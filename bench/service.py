@@ -31,6 +31,19 @@ def wait_for_port(port: int, seconds: float) -> bool:
     return False
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes `pids` (threads included), from /proc/<pid>/stat; a
+    process gone since counts nothing."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def base_url_env(root: str) -> dict[str, str]:
     return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
             "JINA_BASE_URL": f"{root}/v1", "CO_API_URL": root}
@@ -92,16 +105,8 @@ class Service:
         return total / 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the master and workers, from /proc/<pid>/stat."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except FileNotFoundError:
-                pass
-        return total / ticks
+        """User + system CPU of the master and workers."""
+        return cpu_seconds(self.pids())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
