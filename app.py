@@ -14,11 +14,8 @@ from proxy.metrics import register_metrics
 from proxy.routes import bp
 from proxy.upstream import Upstream
 
-# Our headers and every provider's option headers (from the registry), so browsers may send
-# them; and the ones they may read in answers.
+# Our headers and every provider's option headers (from the registry), so browsers may send them.
 _CORS_ALLOW = ["Content-Type", "Authorization", "X-Request-ID", *OPTION_HEADERS]
-_CORS_EXPOSE = ["X-Request-ID", "X-Upstream-Request-ID", "Retry-After", "retry-after-ms",
-                "x-should-retry"]
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -27,7 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.extensions["proxy"] = Upstream(settings)  # per app: two test apps never share a pool
     if settings.cors_origins:
-        register_cors(app, settings.cors_origins, _CORS_ALLOW, _CORS_EXPOSE)
+        register_cors(app, settings.cors_origins, _CORS_ALLOW)
     app.register_blueprint(bp)
     if settings.rate_limit:
         register_rate_limit(app, settings)

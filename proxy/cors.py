@@ -10,19 +10,20 @@ from typing import Iterable
 
 from flask import Flask, Response, request
 
+from proxy.envelope import is_passed_on
+
 _METHODS = "GET, POST, OPTIONS"  # every method the API serves
 _MAX_AGE = "600"  # seconds a browser may keep a preflight's answer
 
 
-def register_cors(app: Flask, origins: Iterable[str], allow_headers: Iterable[str],
-                  expose_headers: Iterable[str]) -> None:
+def register_cors(app: Flask, origins: Iterable[str], allow_headers: Iterable[str]) -> None:
     """Answer browsers from `origins` ("*" for any): the origin is echoed back, the listed
-    request headers may be sent and the listed answer headers read by scripts; a preflight
+    request headers may be sent, and scripts may read every header the answer passes on from
+    the provider (and X-Request-ID), named one by one as they vary by answer; a preflight
     (OPTIONS with Access-Control-Request-Method) is answered by Flask with a 200."""
     origins = frozenset(origins)
     any_origin = "*" in origins
     allowed = {name.lower() for name in allow_headers}
-    exposed = ", ".join(expose_headers)
 
     @app.after_request
     def _cors(response: Response) -> Response:
@@ -34,7 +35,8 @@ def register_cors(app: Flask, origins: Iterable[str], allow_headers: Iterable[st
         headers = response.headers
         headers["Access-Control-Allow-Origin"] = origin
         response.vary.add("Origin")  # the answer differs by Origin: caches must key on it
-        headers["Access-Control-Expose-Headers"] = exposed
+        headers["Access-Control-Expose-Headers"] = ", ".join(
+            ["X-Request-ID", *(name for name in headers.keys() if is_passed_on(name))])
         if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in request.environ:
             headers["Access-Control-Allow-Methods"] = _METHODS
             headers["Access-Control-Max-Age"] = _MAX_AGE

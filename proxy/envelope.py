@@ -13,8 +13,10 @@ from flask import Response, g, request
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 _INCOMING_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
-_PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
-_UPSTREAM_ID_HEADERS = ("x-request-id", "request-id")
+# The rate-limit families: OpenAI's, Jina's, Groq's and OpenRouter's; Anthropic's; Mistral's.
+_PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimitbysize-",
+                    "x-ratelimitbysize-")
+UPSTREAM_ID_HEADER = "X-Upstream-Request-ID"
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 §5.6.2)
 # A run of control characters (HTAB aside) with the white space after it: a folded line, a stray
 # CR, LF or NUL. RFC 9110 §5.5 has a recipient replace them with spaces before passing them on.
@@ -85,24 +87,37 @@ def details_from(body: bytes, raw_json: RawJSON | None) -> RawJSON | str | None:
     return body[:DETAILS_TEXT_LIMIT].decode("utf-8", "ignore")
 
 
-def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
-    """The provider's rate-limit, retry and request-id headers; no other header passes.
+def passed_headers(upstream: Mapping[str, str],
+                   request_id_headers: tuple[str, ...]) -> dict[str, str]:
+    """The provider's rate-limit and retry headers, and as X-Upstream-Request-ID the first of
+    its `request_id_headers` (lower case) it sent; no other header passes.
 
     Each as HTTP allows it in our answer (else gunicorn answers a bare 500): control characters
     become spaces, and a name that is no token is dropped."""
-    out = {}
+    out, ids = {}, {}
     for name in upstream:
         lower = name.lower()
-        if lower in _UPSTREAM_ID_HEADERS:
-            passed_as = "X-Upstream-Request-ID"
+        if lower in request_id_headers:
+            ids[lower] = _clean(upstream[name])
         elif lower in _PASSED_HEADERS or (lower.startswith(_PASSED_PREFIXES)
                                           and _TOKEN.fullmatch(name)):
-            passed_as = name
-        else:
-            continue
-        value = upstream[name]  # a repeated header comes once, its values joined
-        out[passed_as] = value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
+            out[name] = _clean(upstream[name])  # a repeated header comes once, values joined
+    for name in request_id_headers:
+        if name in ids:
+            out[UPSTREAM_ID_HEADER] = ids[name]
+            break
     return out
+
+
+def _clean(value: str) -> str:
+    return value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
+
+
+def is_passed_on(name: str) -> bool:
+    """Whether an answer header is one the proxy passes on from a provider (for CORS)."""
+    lower = name.lower()
+    return (lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES)
+            or lower == "x-upstream-request-id")
 
 
 def response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

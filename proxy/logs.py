@@ -126,9 +126,9 @@ class RequestLog:
     first_byte_ms: float | None = None
     ended: str | None = None
 
-    def proxying(self, service: str, url: str, payload_keys: list[str]) -> None:
+    def proxying(self, service: str, payload_keys: list[str]) -> None:
         self.message = "proxied request"
-        self.target_service, self.url, self.payload_keys = service, url, payload_keys
+        self.target_service, self.payload_keys = service, payload_keys
 
     def relayed(self, size: int) -> None:
         if self.first_byte_ms is None:
@@ -143,7 +143,7 @@ class RequestLog:
                   "status": self.status, "durationMs": round(self.elapsed() * 1000, 1)}
         if self.error_code is not None:
             fields["errorCode"] = self.error_code
-        if self.url is not None:
+        if self.target_service is not None:
             fields.update(targetService=self.target_service, url=self.url,
                           payloadKeys=self.payload_keys, upstreamStatus=self.upstream_status,
                           upstreamMs=self.upstream_ms, stream=self.stream)

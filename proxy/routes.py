@@ -18,6 +18,11 @@ from proxy.upstream import Upstream
 bp = Blueprint("proxy", __name__, url_prefix="/api/proxy")
 _schema = ProxyRequestSchema()
 _READ_SIZE = 64 * 1024
+# GET /services: what a client may call, from the registry (contract §3).
+_SERVICES_DATA = {
+    "services": sorted(SERVICES), "count": len(SERVICES),
+    "catalog": [{"name": s.name, "provider": s.provider, "kind": s.kind, "streams": s.streams}
+                for s in sorted(SERVICES.values(), key=lambda s: s.name)]}
 # Where WSGI keeps each option header, looked up directly: four header look-ups through
 # werkzeug's EnvironHeaders cost more than the rest of this check.
 _OPTION_ENVIRON_KEYS = tuple((name, "HTTP_" + name.upper().replace("-", "_"))
@@ -37,12 +42,14 @@ def forward_external() -> Response:
         raise ValidationError("Invalid request body.", details=e.messages) from None
     service, payload = SERVICES[req["target_service"]], req["payload"]
     upstream = _upstream()
-    log.proxying(service.name, upstream.url(service), list(payload))
+    log.proxying(service.name, list(payload))
+    call = upstream.prepare(service, payload)
+    log.url = call.url.partition("?")[0]
     api_key = (req["api_key"] or "").strip()
     logs.hide(api_key)
     if not api_key:
         raise MissingApiKeyError("api_key is required.", service=service.name)
-    reply = upstream.forward(service, api_key, payload, _option_headers(service), log)
+    reply = upstream.forward(call, api_key, _option_headers(service), log)
     if reply.chunks is not None:
         headers = {**reply.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return Response(_event_stream(reply.chunks, rid, log), 200, headers,
@@ -61,8 +68,7 @@ def health() -> Response:
 
 @bp.get("/services")
 def list_services() -> Response:
-    data = {"services": sorted(SERVICES), "count": len(SERVICES)}
-    return envelope.response(envelope.success_body(data, envelope.request_id()))
+    return envelope.response(envelope.success_body(_SERVICES_DATA, envelope.request_id()))
 
 
 bp.before_request(access.require_access_token)

@@ -1,10 +1,14 @@
-"""cohere_generate: the legacy generate API carried out by Cohere's chat API (providers.md)."""
+"""What a row of the registry names when a provider is not like the others (providers.md):
+cohere_generate carried out by Cohere's chat API, and Gemini's wait read from its error body."""
 from __future__ import annotations
 
 import json
-from typing import Any
+import math
+import re
+from typing import Any, Callable
 
 import marshmallow as ma
+import msgspec
 
 from proxy.errors import ExternalServiceError, ValidationError
 from proxy.schemas import CohereGenerateSchema
@@ -27,8 +31,9 @@ def generate_to_chat(payload: dict[str, Any], default_model: str) -> dict[str, A
     return chat
 
 
-def chat_to_generate(chat_body: Any, prompt: str) -> dict[str, Any]:
+def chat_to_generate(chat_body: Any, payload: dict[str, Any]) -> dict[str, Any]:
     """The generate answer for a chat answer: one generation joining the text parts."""
+    prompt = payload["prompt"]
     try:
         parts = chat_body["message"].get("content") or []
         text = "".join(part["text"] for part in parts if part.get("type") == "text")
@@ -46,3 +51,29 @@ def chat_to_generate(chat_body: Any, prompt: str) -> dict[str, Any]:
 
 
 TRANSLATIONS = {"cohere_generate": (generate_to_chat, chat_to_generate)}
+
+_RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+# A google.protobuf.Duration as JSON writes it: seconds, up to nine decimals, then "s".
+_DURATION = re.compile(r"([0-9]{1,12})(\.[0-9]{1,9})?s")
+_decode = msgspec.json.decode
+
+
+def google_retry_info(body: bytes) -> str | None:
+    """Retry-After, in whole seconds rounded up, from a Gemini error's RetryInfo.retryDelay
+    (`{"error": {"details": [{"@type": ".../google.rpc.RetryInfo", "retryDelay": "34.4s"}]}}`).
+    None for a body without one, or with one in any other shape: the answer is then passed on
+    as it is, never failed."""
+    try:
+        details = _decode(body)["error"]["details"]
+        for detail in details:
+            if detail.get("@type") == _RETRY_INFO:
+                match = _DURATION.fullmatch(detail["retryDelay"])
+                if match:
+                    return str(math.ceil(float(match[0][:-1])))
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError, RecursionError):
+        pass
+    return None
+
+
+RETRY_AFTER_FROM_BODY: dict[str, Callable[[bytes], str | None]] = {
+    "google_retry_info": google_retry_info}

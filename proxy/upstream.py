@@ -1,32 +1,27 @@
-"""One kept-alive requests.Session per provider: sending, reading and relaying provider answers."""
+"""Forwarding to providers: what each call sends and where, what comes back, what is masked.
+
+The machinery under it (connections, adapter, header parsing) is proxy/transport.py.
+"""
 from __future__ import annotations
 
-import email.parser
-import http.client
 import re
-import select
-import sys
 import time
-import types
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import msgspec
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, Timeout
-from urllib3 import HTTPResponse as Urllib3Response
-from urllib3.connection import HTTPConnection, HTTPSConnection, _ResponseOptions
+from urllib3 import Timeout
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
-from urllib3.util.retry import Retry
 
-from config import PROVIDERS, SERVICES, USER_AGENT, Service, Settings
+from config import PROVIDERS, SERVICES, USER_AGENT, Provider, Service, Settings
 from proxy.envelope import RawJSON, details_from, passed_headers
 from proxy.errors import (ExternalServiceError, NetworkError, ProxyError, UpstreamTimeoutError,
-                          client_status)
+                          ValidationError, client_status)
 from proxy.logs import SHORTEST_SECRET, RequestLog
-from proxy.translations import TRANSLATIONS
+from proxy.transport import provider_session
+from proxy.translations import RETRY_AFTER_FROM_BODY, TRANSLATIONS
 
 _READ_SIZE = 64 * 1024
 
@@ -38,181 +33,6 @@ class Reply:
     headers: dict[str, str]
     body: RawJSON | None = None
     chunks: Iterator[bytes] | None = None
-
-
-# The kernel's poll. Under gevent, select.poll is gevent's, which takes a trip through its hub
-# even with a zero timeout (4% of a proxied request); a zero timeout never blocks, so the
-# kernel's is safe in any worker. (Imported before or after gevent patches: right either way.)
-_kernel_poll = (sys.modules["gevent.monkey"].get_original("select", "poll")
-                if "gevent.monkey" in sys.modules else select.poll)
-
-
-# A header block as providers send it: "name: value" lines, each ended by CRLF, then CRLF.
-_PLAIN_HEADER_BLOCK = re.compile(r"(?:[!-9;-~]+:[^\r\n]*\r\n)*\r\n")
-
-
-def _parse_headers(fp: Any) -> http.client.HTTPMessage:
-    """http.client.parse_headers without the e-mail parser (~40 us of a proxied request).
-
-    A plain block gives the message the e-mail parser would (same names, values, order);
-    anything else (folded lines, bare LFs, a line that is no header) still goes through it.
-    The block is read by http.client's own reader, with its line and count limits.
-    """
-    block = b"".join(http.client._read_headers(fp)).decode("iso-8859-1")
-    if not _PLAIN_HEADER_BLOCK.fullmatch(block):
-        return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(block)
-    message = http.client.HTTPMessage()
-    for line in block.split("\r\n")[:-2]:
-        name, _, value = line.partition(":")
-        message[name] = value.lstrip(" \t")
-    message.set_payload("")  # what the e-mail parser leaves after the blank line
-    return message
-
-
-class _Response(http.client.HTTPResponse):
-    # http.client's own begin() (status line, framing, keep-alive), run over a copy of the
-    # module's globals in which parse_headers is ours.
-    begin = types.FunctionType(http.client.HTTPResponse.begin.__code__,
-                               {**vars(http.client), "parse_headers": _parse_headers})
-
-    def _read_status(self) -> tuple[str, int, str]:
-        """The status line of the final answer. An interim one (102, 103 Early Hints, any 1xx
-        but 101) is skipped with its headers, as http.client skips only 100: taken for the
-        answer, it left the real one on the connection for the next caller to read."""
-        while True:
-            version, status, reason = super()._read_status()
-            if not 100 <= status < 200 or status == 101:
-                return version, status, reason
-            http.client._read_headers(self.fp)
-
-    def _check_close(self) -> bool:
-        # Where begin() decides whether the connection stays open: after a 101 it has changed
-        # protocol, so it is never reused.
-        return self.status < 200 or super()._check_close()
-
-
-class _LeanConnection:
-    """What our pools' connections do more cheaply than urllib3's, with the same results, and
-    the time a request may take to send.
-
-    Before reusing a pooled connection urllib3 asks whether the provider has closed it (an
-    idle timeout does that): readable means closed, or bytes nobody asked for. Answered here
-    by the kernel's poll. A request's headers are written in one piece, and a provider's
-    header block is read without the e-mail parser. A request is sent under `send_timeout`
-    (the read timeout), not the connect timeout urllib3 leaves on the socket.
-    """
-
-    sock: Any
-    timeout: float | None
-    response_class = _Response
-
-    def __init__(self, *args: Any, send_timeout: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.send_timeout = send_timeout
-
-    @property
-    def is_connected(self) -> bool:
-        if self.sock is None:
-            return False
-        poller = _kernel_poll()
-        poller.register(self.sock, select.POLLIN)
-        return not poller.poll(0)
-
-    def request(self, method: str, url: str, body: Any = None,
-                headers: Mapping[str, str] | None = None, *, chunked: bool = False,
-                preload_content: bool = True, decode_content: bool = True,
-                enforce_content_length: bool = True) -> None:
-        """urllib3's request(), for what this service sends: a bytes body, its Content-Length
-        among the headers given. The header block is checked and written in one piece, not
-        header by header (~35 us a request); http.client's putrequest still checks the method
-        and URL, and its endheaders sends. Anything else goes to urllib3's own request()."""
-        if (chunked or not isinstance(body, bytes) or not headers
-                or "Content-Length" not in headers or "Host" in headers):
-            return super().request(
-                method, url, body, headers, chunked=chunked, preload_content=preload_content,
-                decode_content=decode_content, enforce_content_length=enforce_content_length)
-        lines = [f"{name}: {value}" for name, value in headers.items()]
-        if not "".join(lines).isprintable():  # no line break or other control character
-            raise ValueError("a request header holds a control character")
-        if self.sock is None:
-            self.connect()  # a plain-HTTP connection opens here; an HTTPS pool has opened it
-        # urllib3 would send under the connect timeout, giving a 10 MB body 5 s to get through;
-        # the provider has as long to take our bytes as to send its own.
-        self.sock.settimeout(self.timeout if self.send_timeout is None else self.send_timeout)
-        self._response_options = _ResponseOptions(
-            request_method=method, request_url=url, preload_content=preload_content,
-            decode_content=decode_content, enforce_content_length=enforce_content_length)
-        self.putrequest(method, url, skip_accept_encoding=True)
-        self._output("\r\n".join(lines).encode("latin-1"))
-        self.endheaders(body)
-
-
-class _HTTPConnection(_LeanConnection, HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_LeanConnection, HTTPSConnection):
-    pass
-
-
-class _ProviderAdapter(HTTPAdapter):
-    """The Session's adapter, without the per-call work this service never needs.
-
-    Every call of a service goes to the same URL, with no proxy and the default TLS settings,
-    so its connection pool is looked up once (and makes our lean connections, above); and an
-    answer gets no cookie jar or charset guess, as its bytes are relayed as they are. These are
-    the hooks requests keeps for subclasses; send() itself, with its error translation, is
-    requests' own.
-    """
-
-    def __init__(self, *, send_timeout: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._pools: dict[str, HTTPConnectionPool] = {}
-        self._send_timeout = send_timeout
-
-    def get_connection_with_tls_context(self, request: requests.PreparedRequest,
-                                        verify: Any, proxies: Any = None,
-                                        cert: Any = None) -> HTTPConnectionPool:
-        pool = self._pools.get(request.url)
-        if pool is None:
-            pool = self._pools[request.url] = super().get_connection_with_tls_context(
-                request, verify, proxies, cert)
-            pool.ConnectionCls = _HTTPSConnection if pool.scheme == "https" else _HTTPConnection
-            pool.conn_kw["send_timeout"] = self._send_timeout
-        return pool
-
-    def close(self) -> None:
-        super().close()  # forgets the pools, but leaves their connections open
-        for pool in self._pools.values():
-            pool.close()
-        self._pools.clear()
-
-    def request_url(self, request: requests.PreparedRequest, proxies: Any) -> str:
-        return request.path_url  # never through a proxy
-
-    def build_response(self, req: requests.PreparedRequest,
-                       resp: Urllib3Response) -> requests.Response:
-        response = requests.Response()
-        response.status_code, response.headers, response.raw = resp.status, resp.headers, resp
-        response.reason, response.url, response.request = resp.reason, req.url, req
-        response.connection = self
-        return response
-
-
-def _session(settings: Settings) -> requests.Session:
-    """A provider's connection pool: the Session's mounted adapter.
-
-    Requests go to the adapter directly (see _send), so no environment proxy, ~/.netrc entry,
-    session header or cookie jar ever takes part in them.
-    """
-    session = requests.Session()
-    retries = Retry(total=None, connect=settings.upstream_retries, read=False, redirect=False,
-                    status=0, other=0)  # read=False keeps a read timeout a Timeout (504)
-    adapter = _ProviderAdapter(pool_connections=1, pool_maxsize=settings.upstream_pool_size,
-                               max_retries=retries, send_timeout=settings.upstream_read_timeout)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 def _transport_error(exc: BaseException, service: str) -> ProxyError:
@@ -293,6 +113,34 @@ def _scrub_split(data: bytes, key: bytes) -> tuple[bytes, bytes]:
     return data, b""
 
 
+# A Gemini model as a path segment (providers.md), matched as a whole string: a base model,
+# with or without its "models/" prefix, or a tuned one.
+_MODEL = re.compile(r"(?:models/)?[a-z0-9](?:[a-z0-9.-]{0,126}[a-z0-9])?"
+                    r"|tunedModels/[a-z](?:[a-z0-9-]{0,38}[a-z0-9])?")
+_MODEL_MESSAGE = ("Must be a model id such as gemini-2.5-flash, models/<id> or "
+                  "tunedModels/<id>: lower-case letters, digits, '.' and '-'.")
+
+
+def _model_name(model: Any, service: str) -> str:
+    """The model's resource name for a path ("models/<id>", "tunedModels/<id>"): the only
+    place a client value meets a URL, so anything but a whole-string match is refused."""
+    if not isinstance(model, str) or not _MODEL.fullmatch(model) or ".." in model:
+        raise ValidationError("Invalid model.", service=service,
+                              details={"payload": {"model": [_MODEL_MESSAGE]}})
+    return model if "/" in model else "models/" + model
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One provider call, settled before the key is looked at: where it goes, what it sends."""
+
+    service: Service
+    url: str
+    payload: dict[str, Any]  # the client's
+    sent: dict[str, Any]  # what the provider gets
+    stream: bool
+
+
 class Upstream:
     """The per-app pool: one Session per provider, URLs and headers built once at start."""
 
@@ -301,37 +149,59 @@ class Upstream:
         # A urllib3 Timeout, which requests passes on as it is (a tuple it would convert per call).
         self._timeout = Timeout(connect=settings.upstream_connect_timeout,
                                 read=settings.upstream_read_timeout)
-        self._sessions = {name: _session(settings) for name in PROVIDERS}
-        self._urls = {s.name: settings.base_urls[s.provider] + s.path for s in SERVICES.values()}
-        self._adapters = {s.name: self._sessions[s.provider].get_adapter(self._urls[s.name])
+        self._sessions = {name: provider_session(settings) for name in PROVIDERS}
+        # Per service: its base URL, and its plain and streamed URLs where no model fills them.
+        self._bases = {s.name: settings.base_urls[s.provider] for s in SERVICES.values()}
+        self._urls = {s.name: (self._bases[s.name] + s.path,
+                               self._bases[s.name] + (s.stream_path or s.path))
+                      for s in SERVICES.values()}
+        self._adapters = {s.name: self._sessions[s.provider].get_adapter(self._urls[s.name][0])
                           for s in SERVICES.values()}
         self._headers = {p.name: {**p.default_headers,
                                   "Content-Type": "application/json",
                                   "Accept-Encoding": "identity",  # relayed as it comes
                                   "User-Agent": USER_AGENT}
                          for p in PROVIDERS.values()}
-
-    def url(self, service: Service) -> str:
-        return self._urls[service.name]
+        self._request_ids = {p.name: tuple(h.lower() for h in p.request_id_headers)
+                             for p in PROVIDERS.values()}
 
     def close(self) -> None:
         for session in self._sessions.values():
             session.close()
 
-    def forward(self, service: Service, api_key: str, payload: dict[str, Any],
-                options: Mapping[str, str], log: RequestLog) -> Reply:
-        """Send the payload; raise ProxyError for every answer but a usable 2xx."""
-        to_upstream, from_upstream = TRANSLATIONS.get(service.translation, (None, None))
-        sent = to_upstream(payload, self.settings.cohere_generate_model) if to_upstream else payload
+    def prepare(self, service: Service, payload: dict[str, Any]) -> Call:
+        """The call for a client's payload: its URL and body. A payload the service cannot
+        send (a bad model, a cohere_generate field chat cannot honour) is a ValidationError
+        here, before any byte leaves."""
         wants_stream = service.streams and payload.get("stream") is True
+        sent = payload
+        to_upstream = TRANSLATIONS[service.translation][0] if service.translation else None
+        if to_upstream is not None:
+            sent = to_upstream(payload, self.settings.cohere_generate_model)
+        if not service.model_in_path:
+            return Call(service, self._urls[service.name][wants_stream], payload, sent,
+                        wants_stream)
+        model = _model_name(payload.get("model"), service.name)
+        path = service.stream_path if wants_stream and service.stream_path else service.path
+        url = self._bases[service.name] + path.replace("{model}", model)
+        # The model is in the path, and a stream_path's `stream` only chose it: neither is sent.
+        left_out = ("model", "stream") if service.stream_path else ("model",)
+        sent = {name: value for name, value in payload.items() if name not in left_out}
+        return Call(service, url, payload, sent, wants_stream)
+
+    def forward(self, call: Call, api_key: str, options: Mapping[str, str],
+                log: RequestLog) -> Reply:
+        """Send the call; raise ProxyError for every answer but a usable 2xx."""
+        service, provider = call.service, PROVIDERS[call.service.provider]
         started = time.perf_counter()
-        response = self._send(service, api_key, sent, options, wants_stream)
+        response = self._send(call, provider, api_key, options)
         log.upstream_ms = round((time.perf_counter() - started) * 1000, 1)
         status = log.upstream_status = response.status_code
         key = _maskable(api_key)
-        headers = _scrub_headers(passed_headers(response.headers), key)
+        headers = _scrub_headers(
+            passed_headers(response.headers, self._request_ids[provider.name]), key)
         is_2xx = 200 <= status < 300
-        if is_2xx and wants_stream and _is_event_stream(response):
+        if is_2xx and call.stream and _is_event_stream(response):
             log.stream = True
             return Reply(headers, chunks=self._relay(response, service, key, log))
 
@@ -342,39 +212,44 @@ class Upstream:
                                        service=service.name, upstream_status=status,
                                        details=details_from(body, None), headers=headers)
         if not is_2xx:
+            if provider.retry_after_from_body and is_json and not _has_retry_after(headers):
+                wait = RETRY_AFTER_FROM_BODY[provider.retry_after_from_body](body)
+                if wait is not None:
+                    headers["Retry-After"] = wait
             # 101 and 3xx land here too: a redirect is never followed, it would carry the key.
             raw = RawJSON(body) if is_json else None
             raise ExternalServiceError(f"{service.name} answered {status}", service=service.name,
                                        status=client_status(status), upstream_status=status,
                                        details=details_from(body, raw), headers=headers)
-        if from_upstream:
-            body = _dumps(from_upstream(_parsed(body), payload["prompt"]))
+        if service.translation:
+            from_upstream = TRANSLATIONS[service.translation][1]
+            body = _dumps(from_upstream(_parsed(body), call.payload))
         log.bytes_relayed = len(body)
         return Reply(headers, body=RawJSON(body))
 
-    def _send(self, service: Service, api_key: str, payload: dict[str, Any],
-              options: Mapping[str, str], wants_stream: bool) -> requests.Response:
+    def _send(self, call: Call, provider: Provider, api_key: str,
+              options: Mapping[str, str]) -> requests.Response:
         """POST through the provider's pooled adapter.
 
         The request is built here and handed to the Session's mounted adapter, skipping
         Session.request's per-call work (environment merging, cookies, hooks, redirect
         resolution) that this service needs none of. Redirects are never followed.
         """
-        provider = PROVIDERS[service.provider]
-        body = _dumps(payload)
+        body = _dumps(call.sent)
         request = requests.PreparedRequest()
-        request.method, request.url, request.body = "POST", self._urls[service.name], body
+        request.method, request.url, request.body = "POST", call.url, body
         # A plain dict: each name is set once, and urllib3 reads it at C speed.
         request.headers = {
             **self._headers[provider.name],
             provider.auth_header: provider.auth_prefix + api_key,
-            "Accept": "text/event-stream" if wants_stream else "application/json",
+            "Accept": "text/event-stream" if call.stream else "application/json",
             "Content-Length": str(len(body)),
             **options}
         try:
-            return self._adapters[service.name].send(request, stream=True, timeout=self._timeout)
+            return self._adapters[call.service.name].send(request, stream=True,
+                                                          timeout=self._timeout)
         except requests.RequestException as exc:
-            raise _transport_error(exc, service.name) from None
+            raise _transport_error(exc, call.service.name) from None
 
     @staticmethod
     def _read(response: requests.Response, service: Service) -> bytes:
@@ -428,6 +303,10 @@ def _parsed(body: bytes) -> Any:
         return msgspec.json.decode(body)
     except msgspec.DecodeError:
         return None
+
+
+def _has_retry_after(headers: Mapping[str, str]) -> bool:
+    return any(name.lower() == "retry-after" for name in headers)
 
 
 def _is_event_stream(response: requests.Response) -> bool:

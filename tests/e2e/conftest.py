@@ -29,7 +29,11 @@ def free_port() -> int:
 def base_urls(root: str) -> dict[str, str]:
     """Every provider's base-URL variable pointed at one stand-in, each under its own prefix."""
     return {"OPENAI_BASE_URL": f"{root}/v1", "ANTHROPIC_BASE_URL": root,
-            "JINA_BASE_URL": f"{root}/jina/v1", "CO_API_URL": f"{root}/cohere"}
+            "JINA_BASE_URL": f"{root}/jina/v1", "CO_API_URL": f"{root}/cohere",
+            "GOOGLE_GEMINI_BASE_URL": f"{root}/google", "MISTRAL_BASE_URL": f"{root}/mistral",
+            "DEEPSEEK_BASE_URL": f"{root}/deepseek",
+            "OPENROUTER_BASE_URL": f"{root}/openrouter/api/v1", "GROQ_BASE_URL": f"{root}/groq",
+            "VOYAGE_BASE_URL": f"{root}/voyage/v1"}
 
 
 class RunningService:

@@ -16,7 +16,10 @@ from tests.conftest import FAKE_KEY, SECRETS
 # Each provider on its own loopback address and the closed port 9: even a request that
 # `responses` failed to intercept could never leave this machine.
 BASE_URLS = {"openai": "http://127.0.0.1:9/v1", "anthropic": "http://127.0.0.2:9",
-             "jina": "http://127.0.0.3:9/v1", "cohere": "http://127.0.0.4:9"}
+             "jina": "http://127.0.0.3:9/v1", "cohere": "http://127.0.0.4:9",
+             "google": "http://127.0.0.5:9", "mistral": "http://127.0.0.6:9",
+             "deepseek": "http://127.0.0.7:9", "openrouter": "http://127.0.0.8:9/api/v1",
+             "groq": "http://127.0.0.9:9", "voyage": "http://127.0.0.10:9/v1"}
 
 
 def make_settings(**overrides) -> Settings:
@@ -25,10 +28,12 @@ def make_settings(**overrides) -> Settings:
     return Settings(**values)
 
 
-def service_url(name: str) -> str:
+def service_url(name: str, model: str = "models/m", stream: bool = False) -> str:
+    """Where the proxy sends a call of `name`; `model` fills a path that holds one."""
     from config import SERVICES
     service = SERVICES[name]
-    return BASE_URLS[service.provider] + service.path
+    path = service.stream_path if stream and service.stream_path else service.path
+    return BASE_URLS[service.provider] + path.replace("{model}", model)
 
 
 def body(service: str = "openai_chat", payload: dict | None = None, **extra) -> dict:

@@ -32,7 +32,12 @@ def test_defaults_match_the_contract_table():
     assert s.cohere_generate_model == "command-a-03-2025"
     assert s.base_urls == {"openai": "https://api.openai.com/v1",
                            "anthropic": "https://api.anthropic.com",
-                           "jina": "https://api.jina.ai/v1", "cohere": "https://api.cohere.com"}
+                           "jina": "https://api.jina.ai/v1", "cohere": "https://api.cohere.com",
+                           "google": "https://generativelanguage.googleapis.com",
+                           "mistral": "https://api.mistral.ai",
+                           "deepseek": "https://api.deepseek.com",
+                           "openrouter": "https://openrouter.ai/api/v1",
+                           "groq": "https://api.groq.com", "voyage": "https://api.voyageai.com/v1"}
 
 
 def test_every_variable_is_read():
@@ -44,7 +49,10 @@ def test_every_variable_is_read():
         "CLIENT_BODY_TIMEOUT": "2.5", "CORS_ORIGINS": "https://a.example, https://b.example/", "LOG_LEVEL": "debug",
         "COHERE_GENERATE_MODEL": "command-r7b-12-2024",
         "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1/", "ANTHROPIC_BASE_URL": "http://[::1]:81",
-        "JINA_BASE_URL": "https://gw.example/jina", "CO_API_URL": "http://localhost:82"})
+        "JINA_BASE_URL": "https://gw.example/jina", "CO_API_URL": "http://localhost:82",
+        "GOOGLE_GEMINI_BASE_URL": "http://127.0.0.1:83/", "MISTRAL_BASE_URL": "http://127.0.0.1:84",
+        "DEEPSEEK_BASE_URL": "http://127.0.0.1:85", "OPENROUTER_BASE_URL": "http://127.0.0.1:86/api/v1",
+        "GROQ_BASE_URL": "http://127.0.0.1:87", "VOYAGE_BASE_URL": "https://ai.mongodb.com/v1"})
     assert (s.environment, s.port, s.web_concurrency, s.gunicorn_worker_class) == (
         "production", 5000, 3, "gevent")
     assert (s.gunicorn_threads, s.upstream_connect_timeout, s.upstream_read_timeout) == (4, 1.5, 60)
@@ -53,7 +61,11 @@ def test_every_variable_is_read():
     assert s.cors_origins == ("https://a.example", "https://b.example")
     assert (s.log_level, s.cohere_generate_model) == ("DEBUG", "command-r7b-12-2024")
     assert s.base_urls == {"openai": "http://127.0.0.1:8080/v1", "anthropic": "http://[::1]:81",
-                           "jina": "https://gw.example/jina", "cohere": "http://localhost:82"}
+                           "jina": "https://gw.example/jina", "cohere": "http://localhost:82",
+                           "google": "http://127.0.0.1:83", "mistral": "http://127.0.0.1:84",
+                           "deepseek": "http://127.0.0.1:85",
+                           "openrouter": "http://127.0.0.1:86/api/v1",
+                           "groq": "http://127.0.0.1:87", "voyage": "https://ai.mongodb.com/v1"}
 
 
 @pytest.mark.parametrize(("environment", "origins"), [

@@ -25,16 +25,23 @@ def test_health_answers_without_calling_a_provider(client, mocked):
     payload = response.get_json()
     assert payload["success"] is True
     data = payload["data"]
-    assert data["status"] == "healthy" and data["services"] == len(SERVICES) == 8
+    assert data["status"] == "healthy" and data["services"] == len(SERVICES) == 23
     assert (data["version"], data["environment"]) == (VERSION, "development")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["timestamp"])
     assert payload["requestId"] == response.headers["X-Request-ID"]
     assert RID.fullmatch(payload["requestId"])
 
 
-def test_services_lists_every_name(client):
+def test_services_lists_every_name_with_its_catalog_entry(client):
     data = client.get("/api/proxy/services").get_json()["data"]
-    assert data == {"services": sorted(SERVICES), "count": 8}
+    assert (data["services"], data["count"]) == (sorted(SERVICES), 23)
+    assert [entry["name"] for entry in data["catalog"]] == data["services"]
+    for entry in data["catalog"]:
+        service = SERVICES[entry["name"]]
+        assert entry == {"name": service.name, "provider": service.provider,
+                         "kind": service.kind, "streams": service.streams}
+    assert {e["kind"] for e in data["catalog"]} == {"chat", "completion", "embedding", "rerank",
+                                                    "tokens"}
 
 
 def test_each_request_gets_a_new_id(client):
@@ -362,9 +369,25 @@ def test_cors_error_answers_are_readable_by_the_page_and_metrics_get_none(mocked
                    client.get("/api/nowhere", headers=origin)):
         assert answer.status_code in (400, 404)
         assert answer.headers["Access-Control-Allow-Origin"] == "https://any.example"
-        assert "Retry-After" in answer.headers["Access-Control-Expose-Headers"]
+        assert answer.headers["Access-Control-Expose-Headers"] == "X-Request-ID"
     metrics = client.get("/metrics", headers=origin)
     assert not [h for h in metrics.headers.keys() if h.startswith("Access-Control-")]
+
+
+@pytest.mark.parametrize("status", [200, 429])
+def test_cors_exposes_exactly_the_headers_an_answer_passes_on(mocked, status):
+    """A page must be able to read "12 requests left": every passed-on header is exposed by
+    name (Access-Control-Expose-Headers has no wildcard for credentialed calls), and no other."""
+    client = create_app(make_settings(cors_origins=("*",))).test_client()
+    passed = {"x-ratelimit-remaining-requests": "12", "anthropic-ratelimit-tokens-limit": "9",
+              "ratelimitbysize-remaining": "5", "x-ratelimitbysize-limit": "6",
+              "retry-after": "1", "retry-after-ms": "900", "x-should-retry": "true"}
+    mocked.post(service_url("openai_chat"), status=status, json={},
+                headers={**passed, "x-request-id": "up-1", "Server": "x", "Set-Cookie": "a=b"})
+    answer = client.post(EXTERNAL, json=body(), headers={"Origin": "https://any.example"})
+    exposed = answer.headers["Access-Control-Expose-Headers"].split(", ")
+    assert sorted(exposed) == sorted(["X-Request-ID", "X-Upstream-Request-ID", *passed])
+    assert all(name in answer.headers for name in exposed)
 
 
 def test_cors_headers_go_to_browsers_only(mocked):

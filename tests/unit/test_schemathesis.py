@@ -33,7 +33,7 @@ def providers():
             chat = request.url == service_url("cohere_chat")
             return 200, {}, json.dumps(COHERE_CHAT_ANSWER if chat else {"ok": True})
 
-        rsps.add_callback(responses.POST, re.compile(r"http://127\.0\.0\.\d:9/.*"), answer)
+        rsps.add_callback(responses.POST, re.compile(r"http://127\.0\.0\.\d+:9/.*"), answer)
         yield rsps
 
 

@@ -19,8 +19,8 @@ from config import SERVICES
 from proxy.envelope import passed_headers
 from proxy.errors import NetworkError, client_status
 from proxy.logs import RequestLog
-from proxy.upstream import (Upstream, _HTTPConnection, _HTTPSConnection, _maskable,
-                            _parse_headers, _Response, _transport_error)
+from proxy.transport import LeanHTTPConnection, LeanHTTPSConnection, LeanResponse
+from proxy.upstream import Upstream, _maskable, _transport_error
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body, make_settings, service_url
 
@@ -169,14 +169,16 @@ def test_a_repeated_provider_header_is_passed_once_with_its_values_joined(client
     ("a\tb", "a\tb"), ("caf\xe9", "caf\xe9"), ("\x85", "\x85"),  # allowed as they are
 ])
 def test_passed_header_values_lose_their_control_characters(value, passed):
-    assert passed_headers({"x-ratelimit-note": value, "x-request-id": value}) == {
+    assert passed_headers({"x-ratelimit-note": value, "x-request-id": value},
+                          ("x-request-id",)) == {
         "x-ratelimit-note": passed, "X-Upstream-Request-ID": passed}
 
 
 @pytest.mark.parametrize("name", ["x-ratelimit-reset(tokens)", "x-ratelimit-a b",
                                   "anthropic-ratelimit-x/y", 'x-ratelimit-"q"'])
 def test_a_passed_header_whose_name_is_no_token_is_dropped(name):
-    assert passed_headers({name: "1", "x-ratelimit-ok_1.a~": "2"}) == {"x-ratelimit-ok_1.a~": "2"}
+    assert passed_headers({name: "1", "x-ratelimit-ok_1.a~": "2"}, ()) == {
+        "x-ratelimit-ok_1.a~": "2"}
 
 
 def test_provider_cookies_are_never_sent_back(client, mocked):
@@ -205,10 +207,11 @@ def test_a_service_finds_its_pool_once_and_a_new_one_after_close():
     assert adapter.get_connection_with_tls_context(request, True) is pool
     assert (pool.scheme, pool.host, pool.port) == ("http", "127.0.0.1", 9)
     # The pool's connections are ours (liveness check, header parsing), TLS ones too.
-    assert pool.ConnectionCls is _HTTPConnection and pool.ConnectionCls.response_class is _Response
+    assert pool.ConnectionCls is LeanHTTPConnection
+    assert pool.ConnectionCls.response_class is LeanResponse
     tls = adapter.get_connection_with_tls_context(
         requests.Request("POST", "https://127.0.0.1:9/v1").prepare(), True)
-    assert tls.ConnectionCls is _HTTPSConnection
+    assert tls.ConnectionCls is LeanHTTPSConnection
     assert adapter.request_url(request, None) == "/v1/chat/completions"
     upstream.close()
     assert pool.pool is None  # its connections were closed
@@ -320,193 +323,9 @@ def test_payload_is_sent_as_compact_utf8_json(client, mocked, extra):
                                   and n != "cohere_generate"])
 def test_stream_flag_on_a_service_that_does_not_stream_gets_a_plain_answer(client, mocked, name):
     mocked.post(service_url(name), json={"object": "list"})
-    response = post(client, service=name, payload={"input": "x", "stream": True})
+    response = post(client, service=name, payload={"model": "m", "input": "x", "stream": True})
     assert response.get_json()["data"] == {"object": "list"}
     assert mocked.calls[0].request.headers["Accept"] == "application/json"
-
-
-@pytest.mark.parametrize("provider_does", ["nothing", "close", "send unasked bytes"])
-def test_a_pooled_connection_is_reused_only_while_the_provider_keeps_it_quiet(provider_does):
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
-        assert not connection.is_connected  # not yet opened
-        connection.connect()
-        peer, _ = server.accept()
-        with peer:
-            if provider_does == "close":
-                peer.shutdown(socket.SHUT_WR)
-            elif provider_does == "send unasked bytes":
-                peer.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
-            assert connection.is_connected == (provider_does == "nothing")
-        connection.close()
-
-
-NGINX_BLOCK = (b"Server: nginx\r\nDate: Tue, 24 Nov 2026 23:47:40 GMT\r\nContent-Type: "
-               b"application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n")
-
-
-@pytest.mark.parametrize("block", [
-    NGINX_BLOCK,
-    b"\r\n",  # no headers at all
-    b"Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-Empty:\r\nX-Blank: \r\n\r\n",
-    b"X-Pad:\t  spaced out  \r\nX-Colons: a:b::c\r\nX-Latin: caf\xe9\r\n\r\n",
-    # Not plain: left to the e-mail parser, whose answer stays the answer.
-    b"X-Folded: one\r\n two\r\n\tthree\r\nA: 1\r\n\r\n",
-    b"A: 1\nB: 2\n\n",
-    b"A: 1\r\nnot a header\r\nB: 2\r\n\r\n",
-    b"A : 1\r\n: empty name\r\nB: 2\r\n\r\n",
-    b"A: 1\r2\r\nB: 3\r\n\r\n",
-    b"A: 1\r\nB: 2\r\n",  # the connection ended inside the block
-])
-def test_a_header_block_is_read_as_the_e_mail_parser_reads_it(block):
-    ours, theirs = (io.BufferedReader(io.BytesIO(block + b"{}")) for _ in range(2))
-    expected = http.client.parse_headers(theirs)
-    message = _parse_headers(ours)
-    assert message.items() == expected.items()
-    assert [type(d) for d in message.defects] == [type(d) for d in expected.defects]
-    assert message.get_payload() == expected.get_payload()
-    assert ours.read() == theirs.read()  # the body starts where it did
-
-
-def test_a_providers_usual_header_block_never_reaches_the_e_mail_parser(monkeypatch):
-    provider_block = (b"Date: Tue, 24 Nov 2026 23:47:40 GMT\r\nContent-Type: application/json\r\n"
-                      b"openai-processing-ms: 412\r\nx-ratelimit-remaining-requests: 9999\r\n"
-                      b'set-cookie: __cf_bm=a.b-c; path=/; expires=Wed, 25-Nov-26 00:17:40 GMT\r\n'
-                      b'alt-svc: h3=":443"; ma=86400\r\n\r\n')
-    expected = [http.client.parse_headers(io.BufferedReader(io.BytesIO(block))).items()
-                for block in (NGINX_BLOCK, provider_block)]
-    parsed = []
-
-    def refuse(**_):
-        raise AssertionError("the e-mail parser was used")
-
-    monkeypatch.setattr(email.parser, "Parser", refuse)
-    for block in (NGINX_BLOCK, provider_block):
-        parsed.append(_parse_headers(io.BufferedReader(io.BytesIO(block))).items())
-    assert parsed == expected
-    with pytest.raises(AssertionError, match="e-mail parser"):  # a folded line still goes there
-        _parse_headers(io.BufferedReader(io.BytesIO(b"X-Folded: one\r\n two\r\n\r\n")))
-
-
-@pytest.mark.parametrize(("interim", "status", "body", "kept"), [
-    (b"", 200, b"{}", True),
-    (b"HTTP/1.1 100 Continue\r\n\r\n", 200, b"{}", True),
-    (b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n"
-     b"Link: </b.js>\r\n\r\n", 200, b"{}", True),
-    (b"HTTP/1.1 199 Whatever\r\nX-A: 1\r\n\r\n", 200, b"{}", True),
-    # A 101 is the answer (a 502 for the client), and the connection is not the pool's any more.
-    (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", 101, b"", False),
-])
-def test_a_pooled_connection_reads_the_final_answer_with_its_headers(interim, status, body, kept):
-    """Interim answers (any 1xx but 101) are skipped for the one that follows them."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
-        connection.request("POST", "/v1", body=b"{}")
-        peer, _ = server.accept()
-        with peer:
-            peer.recv(65536)
-            peer.sendall(interim + b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
-            response = connection.getresponse()
-            assert (response.status, response.data) == (status, body)
-            if status == 200:
-                assert response.headers["content-type"] == "application/json"
-        assert isinstance(response._original_response, _Response)
-        assert (connection.sock is not None) is kept
-        connection.close()
-
-
-def sent_bytes(server, connection_class, method, url, body, headers):
-    """What a connection of this class puts on the wire for one request."""
-    connection = connection_class("127.0.0.1", server.getsockname()[1])
-    connection.request(method, url, body=body, headers=headers)
-    connection.close()
-    peer, _ = server.accept()
-    with peer:
-        data = b""
-        while chunk := peer.recv(65536):
-            data += chunk
-        return data
-
-
-PROVIDER_HEADERS = {"anthropic-version": "2023-06-01", "Content-Type": "application/json",
-                    "Accept-Encoding": "identity", "User-Agent": "byok-proxy/test",
-                    "x-api-key": FAKE_KEY, "Accept": "application/json", "Content-Length": "2"}
-
-
-@pytest.mark.parametrize(("method", "body", "headers"), [
-    ("POST", b"{}", PROVIDER_HEADERS),  # what the service sends: the header block in one piece
-    ("POST", b"{}", {**PROVIDER_HEADERS, "X-Latin": "caf\xe9"}),
-    # Anything else is urllib3's own request().
-    ("POST", b"{}", {"Accept": "application/json"}),  # no Content-Length
-    ("POST", '{"text": "é"}', {"Content-Type": "application/json"}),  # a str body
-    ("GET", None, None),
-])
-def test_a_request_goes_out_as_urllib3_would_send_it(method, body, headers):
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        ours, urllib3s = (sent_bytes(server, cls, method, "/v1/messages?x=1", body, headers)
-                          for cls in (_HTTPConnection, urllib3.connection.HTTPConnection))
-    assert ours == urllib3s
-    assert ours.startswith(f"{method} /v1/messages?x=1 HTTP/1.1\r\nHost: 127.0.0.1:".encode())
-
-
-def test_the_services_request_head_is_written_in_one_piece(monkeypatch):
-    """Only http.client's putrequest adds a header (Host) by itself; the provider headers go
-    out as one block, not through putheader one by one."""
-    names = []
-    put_one = urllib3.connection.HTTPConnection.putheader
-    monkeypatch.setattr(urllib3.connection.HTTPConnection, "putheader",
-                        lambda self, name, *values: names.append(name) or put_one(
-                            self, name, *values))
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        sent = sent_bytes(server, _HTTPConnection, "POST", "/v1", b"{}", PROVIDER_HEADERS)
-    assert names == ["Host"]
-    assert sent.endswith(b"Content-Length: 2\r\n\r\n{}")
-
-
-@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl is not installed")
-def test_a_tls_connection_takes_the_same_paths(tmp_path):
-    """HTTPS connections are ours too: the header block in one piece, our header parsing."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    received = []
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        def serve():
-            peer, _ = server.accept()
-            with context.wrap_socket(peer, server_side=True) as tls:
-                data = b""
-                while not data.endswith(b"\r\n\r\n{}"):
-                    data += tls.recv(65536)
-                received.append(data)
-                tls.sendall(b"HTTP/1.1 200 OK\r\n" + NGINX_BLOCK + b"{}")
-
-        thread = threading.Thread(target=serve, daemon=True)
-        thread.start()
-        connection = _HTTPSConnection("127.0.0.1", server.getsockname()[1], ca_certs=str(cert))
-        connection.request("POST", "/v1/messages", body=b"{}", headers=PROVIDER_HEADERS)
-        response = connection.getresponse()
-        assert (response.status, response.data) == (200, b"{}")
-        assert isinstance(response._original_response, _Response)
-        connection.close()
-        thread.join(5)
-    head = received[0].split(b"\r\n\r\n")[0].decode().split("\r\n")
-    assert head[0] == "POST /v1/messages HTTP/1.1"
-    assert head[2:] == [f"{k}: {v}" for k, v in PROVIDER_HEADERS.items()]
-
-
-@pytest.mark.parametrize("value", [f"{FAKE_KEY}\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b",
-                                   "a\tb"])
-def test_a_control_character_in_a_request_header_is_refused_before_sending(value):
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        connection = _HTTPConnection("127.0.0.1", server.getsockname()[1])
-        with pytest.raises(ValueError, match="control character"):
-            connection.request("POST", "/v1", body=b"{}",
-                               headers={**PROVIDER_HEADERS, "x-api-key": value})
-        assert connection.sock is None  # not even connected
-        connection.close()
 
 
 def test_a_chat_answer_only_scanning_as_json_cannot_be_translated(client, mocked):
@@ -517,3 +336,150 @@ def test_a_chat_answer_only_scanning_as_json_cannot_be_translated(client, mocked
     assert response.status_code == 502
     assert response.get_json()["error"]["message"] == (
         "cohere_generate: chat answered in an unexpected shape")
+
+
+# Gemini's model in the path (providers.md): a whole-string match, or nothing leaves.
+HOSTILE_MODELS = [
+    "../x", "models/../x", "a/b", "models/a/b", "tunedModels/a/b", "x?alt=json", "x#frag",
+    "%2e%2e", "gemini%2f", "gemini 2", " gemini", "gemini\n", "gemini\r\n", "gemini\t",
+    "Gemini-2.5", "GEMINI", "gemini..flash", "models/gemini..x", "gemini-", "-gemini", ".gemini",
+    "gemini.", "gеmini",  # a Cyrillic е
+    "ｇemini",  # fullwidth
+    "gemini\u200b", "a" * 129, "models/" + "a" * 129, "tunedModels/" + "a" * 41,
+    "tunedModels/1abc", "tunedModels/a.b", "models/", "tunedModels/", "", "models//x", "/models/x",
+    "v1beta/models/x", "x:generateContent", "cachedContents/x", None, 42, ["gemini"],
+    {"name": "gemini"}, True,
+]
+
+
+@pytest.mark.parametrize("service", ["gemini_generate", "gemini_embedding", "gemini_count_tokens"])
+@pytest.mark.parametrize("model", HOSTILE_MODELS, ids=repr)
+def test_a_hostile_gemini_model_is_refused_before_any_byte_leaves(client, mocked, service, model):
+    response = post(client, service=service, payload={"model": model, "contents": []})
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == "VALIDATION_ERROR" and error["service"] == service
+    assert list(error["details"]["payload"]) == ["model"]
+    assert not mocked.calls
+
+
+def test_a_missing_gemini_model_is_refused_before_the_missing_key(client, mocked):
+    response = client.post("/api/proxy/external", json={
+        "target_service": "gemini_generate", "payload": {"contents": []}})
+    assert response.get_json()["error"]["code"] == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize(("model", "path_name"), [
+    ("gemini-2.5-flash", "models/gemini-2.5-flash"),
+    ("models/gemini-2.5-flash", "models/gemini-2.5-flash"),
+    ("gemini-embedding-001", "models/gemini-embedding-001"),
+    ("a", "models/a"), ("a" * 128, "models/" + "a" * 128),
+    ("tunedModels/my-model-1", "tunedModels/my-model-1"),
+])
+def test_a_gemini_model_goes_into_the_path_and_out_of_the_body(client, mocked, model, path_name):
+    mocked.post(service_url("gemini_count_tokens", path_name), json={"totalTokens": 3})
+    payload = {"model": model, "contents": [{"parts": [{"text": "hi"}]}], "stream": True}
+    response = post(client, service="gemini_count_tokens", payload=payload)
+    assert response.get_json()["data"] == {"totalTokens": 3}
+    # Only gemini_generate takes `stream` as its switch; elsewhere it is the client's to send.
+    assert json.loads(mocked.calls[0].request.body) == {
+        "contents": [{"parts": [{"text": "hi"}]}], "stream": True}
+
+
+def test_a_gemini_batch_keeps_each_requests_own_model(client, mocked):
+    mocked.post(service_url("gemini_embedding", "models/gemini-embedding-001"), json={})
+    inner = [{"model": "models/gemini-embedding-001", "content": {"parts": [{"text": "x"}]}}]
+    post(client, service="gemini_embedding",
+         payload={"model": "gemini-embedding-001", "requests": inner})
+    assert json.loads(mocked.calls[0].request.body) == {"requests": inner}
+
+
+@pytest.mark.parametrize("stream", [True, False, None])
+def test_gemini_generate_stream_picks_the_path_and_is_not_sent(client, mocked, stream):
+    streamed = stream is True
+    url = service_url("gemini_generate", "models/gemini-2.5-flash", stream=streamed)
+    if streamed:
+        mocked.post(url, body=b'data: {"candidates": []}\r\n\r\n',
+                    content_type="text/event-stream")
+    else:
+        mocked.post(url, json={"candidates": []})
+    payload = {"model": "gemini-2.5-flash", "contents": []}
+    if stream is not None:
+        payload["stream"] = stream
+    response = post(client, service="gemini_generate", payload=payload)
+    assert response.status_code == 200
+    sent = mocked.calls[0].request
+    assert sent.url == url and json.loads(sent.body) == {"contents": []}
+    assert sent.headers["Accept"] == ("text/event-stream" if streamed else "application/json")
+    assert sent.headers["x-goog-api-key"] == FAKE_KEY and "key=" not in sent.url
+    if streamed:
+        assert response.get_data() == b'data: {"candidates": []}\r\n\r\n'
+
+
+def test_the_log_line_names_the_gemini_url_without_its_query(client, mocked, caplog):
+    url = service_url("gemini_generate", "models/g", stream=True)
+    mocked.post(url, body=b"data: {}\r\n\r\n", content_type="text/event-stream")
+    post(client, service="gemini_generate", payload={"model": "g", "stream": True})
+    line = next(r for r in caplog.records if r.name == "proxy.requests")
+    assert line.fields["url"] == url.partition("?")[0] and "?" in url
+
+
+def test_model_paths_share_one_pool_per_provider():
+    upstream = Upstream(make_settings())
+    adapter = upstream._sessions["google"].get_adapter(service_url("gemini_generate"))
+    pools = {id(adapter.get_connection_with_tls_context(
+        requests.Request("POST", service_url("gemini_generate", f"models/m{i}")).prepare(), True))
+        for i in range(50)}
+    assert len(pools) == 1
+    upstream.close()
+
+
+GEMINI_429 = {"error": {"code": 429, "message": "Resource exhausted", "status":
+                        "RESOURCE_EXHAUSTED", "details": [
+                            {"@type": "type.googleapis.com/google.rpc.QuotaFailure"},
+                            {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                             "retryDelay": "34.4s"}]}}
+
+
+def test_gemini_429_gets_retry_after_from_its_retry_info(client, mocked):
+    mocked.post(service_url("gemini_generate", "models/g"), status=429, json=GEMINI_429)
+    response = post(client, service="gemini_generate", payload={"model": "g"})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "35"
+    assert response.get_json()["error"]["details"] == GEMINI_429
+
+
+def test_a_providers_own_retry_after_header_is_kept(client, mocked):
+    mocked.post(service_url("gemini_generate", "models/g"), status=429, json=GEMINI_429,
+                headers={"retry-after": "3"})
+    response = post(client, service="gemini_generate", payload={"model": "g"})
+    assert response.headers.getlist("Retry-After") == ["3"]
+
+
+@pytest.mark.parametrize("raw", ["", "not json", "[]", '{"error": 1}',
+                                 '{"error": {"details": [{"@type": '
+                                 '"type.googleapis.com/google.rpc.RetryInfo", "retryDelay": 5}]}}'])
+def test_a_gemini_error_without_a_usable_retry_info_is_passed_as_it_is(client, mocked, raw):
+    mocked.post(service_url("gemini_generate", "models/g"), status=429, body=raw)
+    response = post(client, service="gemini_generate", payload={"model": "g"})
+    assert response.status_code == 429 and "Retry-After" not in response.headers
+
+
+def test_retry_info_is_read_only_for_the_provider_that_sends_it(client, mocked):
+    mocked.post(URL, status=429, json=GEMINI_429)
+    assert "Retry-After" not in post(client).headers
+
+
+@pytest.mark.parametrize("raw", ['\n\n\n{"id": "c1"}', '\r\n \t{"id": "c1"}\n'])
+def test_a_plain_answer_after_deepseeks_blank_lines_is_spliced_as_it_is(client, mocked, raw):
+    mocked.post(service_url("deepseek_chat"), body=raw, content_type="application/json")
+    response = post(client, service="deepseek_chat")
+    assert response.status_code == 200
+    assert response.get_data().startswith(b'{"success":true,"data":' + raw.encode() + b",")
+
+
+def test_a_deepseek_answer_of_only_blank_lines_is_a_502(client, mocked):
+    mocked.post(service_url("deepseek_chat"), body="\n\n\n\n", content_type="application/json")
+    response = post(client, service="deepseek_chat")
+    assert response.status_code == 502
+    assert response.get_json()["error"]["upstreamStatus"] == 200
