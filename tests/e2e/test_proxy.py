@@ -19,28 +19,45 @@ def body(service="openai_chat", **payload):
 EXPECTED_PATH = {"openai_chat": "/v1/chat/completions", "openai_responses": "/v1/responses",
                  "openai_embedding": "/v1/embeddings", "anthropic_claude": "/v1/messages",
                  "jina_embedding": "/jina/v1/embeddings", "cohere_generate": "/cohere/v2/chat",
-                 "cohere_chat": "/cohere/v2/chat", "cohere_embed": "/cohere/v2/embed"}
+                 "cohere_chat": "/cohere/v2/chat", "cohere_embed": "/cohere/v2/embed",
+                 "anthropic_count_tokens": "/v1/messages/count_tokens",
+                 "jina_rerank": "/jina/v1/rerank", "cohere_rerank": "/cohere/v2/rerank",
+                 "gemini_generate": "/google/v1beta/models/m:generateContent",
+                 "gemini_embedding": "/google/v1beta/models/m:batchEmbedContents",
+                 "gemini_count_tokens": "/google/v1beta/models/m:countTokens",
+                 "mistral_chat": "/mistral/v1/chat/completions",
+                 "mistral_fim": "/mistral/v1/fim/completions",
+                 "mistral_embedding": "/mistral/v1/embeddings",
+                 "deepseek_chat": "/deepseek/chat/completions",
+                 "deepseek_fim": "/deepseek/beta/completions",
+                 "openrouter_chat": "/openrouter/api/v1/chat/completions",
+                 "groq_chat": "/groq/openai/v1/chat/completions",
+                 "voyage_embedding": "/voyage/v1/embeddings", "voyage_rerank": "/voyage/v1/rerank"}
+
+
+def test_every_service_has_its_expected_path_here():
+    assert set(EXPECTED_PATH) == set(SERVICES)
 
 
 @pytest.mark.parametrize("name", SERVICES)
 def test_stand_in_sees_the_right_path_and_exactly_the_contract_headers(service, upstream, name):
     provider = PROVIDERS[SERVICES[name].provider]
     payload = ({"prompt": "hi"} if name == "cohere_generate" else
-               {"stub": "json", "answer": {"id": "x", "message": {"content": []}}})
+               {"model": "m", "stub": "json", "answer": {"id": "x", "message": {"content": []}}})
     sent = {"target_service": name, "api_key": FAKE_KEY, "payload": payload}
     # The client's own Authorization (its access token, if any) is never forwarded.
     authorization = service.headers.get("Authorization", "Bearer t")
     response = service.post(sent, headers={"Cookie": "c=1", "Authorization": authorization,
                                            "X-Forwarded-For": "10.0.0.1",
-                                           "OpenAI-Organization": "org-1"})
+                                           "OpenAI-Organization": "org-1",
+                                           "X-Title": "My assistant"})
     assert response.status_code == 200, response.text
     seen = upstream.last()
     assert seen["path"] == EXPECTED_PATH[name]
     headers = dict(seen["headers"])
     expected = {"Host", "Content-Length", "Content-Type", "Accept", "Accept-Encoding",
                 "User-Agent", provider.auth_header, *provider.default_headers}
-    if provider.name == "openai":
-        expected.add("OpenAI-Organization")
+    expected |= {"OpenAI-Organization", "X-Title"} & set(provider.option_headers)
     assert set(headers) == expected
     assert headers[provider.auth_header] == provider.auth_prefix + FAKE_KEY
     assert headers["User-Agent"] == USER_AGENT

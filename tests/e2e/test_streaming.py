@@ -23,7 +23,31 @@ FORMATS = {
     "cohere_chat": ['event: message-start\ndata: {"type":"message-start"}\n\n'] + [
         f'event: content-delta\ndata: {{"type":"content-delta","delta":{{"message":{{"content":{{"text":"t{i}"}}}}}}}}\n\n'
         for i in range(18)] + ['event: message-end\ndata: {"type":"message-end"}\n\n'],
+    # Gemini: CRLF framing, no event names, no terminator (the last event has finishReason).
+    "gemini_generate": [
+        f'data: {{"candidates":[{{"content":{{"parts":[{{"text":"t{i}"}}],"role":"model"}}}}]}}\r\n\r\n'
+        for i in range(19)] + [
+        'data: {"candidates":[{"content":{"parts":[{"text":"."}]},"finishReason":"STOP"}],'
+        '"usageMetadata":{"promptTokenCount":2}}\r\n\r\n'],
+    "mistral_chat": [f'data: {{"id":"m1","object":"chat.completion.chunk","choices":[{{"index":0,"delta":{{"content":"t{i}"}},"finish_reason":null}}]}}\n\n'
+                     for i in range(19)] + ["data: [DONE]\n\n"],
+    "mistral_fim": [f'data: {{"id":"f1","choices":[{{"index":0,"delta":{{"content":"    t{i}"}}}}]}}\n\n'
+                    for i in range(19)] + ["data: [DONE]\n\n"],
+    # DeepSeek sends keep-alive comments while the request waits in its queue.
+    "deepseek_chat": [": keep-alive\n\n"] * 3 + [
+        f'data: {{"id":"d1","choices":[{{"index":0,"delta":{{"content":"t{i}"}}}}]}}\n\n'
+        for i in range(16)] + ["data: [DONE]\n\n"],
+    "deepseek_fim": [": keep-alive\n\n"] + [
+        f'data: {{"id":"d2","object":"text_completion","choices":[{{"index":0,"text":"t{i}"}}]}}\n\n'
+        for i in range(18)] + ["data: [DONE]\n\n"],
+    "openrouter_chat": [": OPENROUTER PROCESSING\n\n"] * 2 + [
+        f'data: {{"id":"gen-1","choices":[{{"index":0,"delta":{{"content":"t{i}"}}}}]}}\n\n'
+        for i in range(17)] + ["data: [DONE]\n\n"],
+    "groq_chat": [f'data: {{"id":"g1","choices":[{{"index":0,"delta":{{"content":"t{i}"}}}}],"x_groq":{{"id":"req_1"}}}}\n\n'
+                  for i in range(19)] + ["data: [DONE]\n\n"],
 }
+# How each provider frames its stream on the wire (the stand-in's `framing`).
+FRAMING = {"gemini_generate": "close"}
 
 
 def stream_body(service, **stub):
@@ -45,8 +69,8 @@ def read_stream(service, body):
 def test_stream_is_relayed_unchanged_as_it_arrives(service, upstream, name):
     events = FORMATS[name]
     stream_id = uuid.uuid4().hex
-    response, chunks, started = read_stream(
-        service, stream_body(name, events=events, interval=0.05, id=stream_id))
+    response, chunks, started = read_stream(service, stream_body(
+        name, events=events, interval=0.05, id=stream_id, framing=FRAMING.get(name, "chunked")))
     assert response.status_code == 200
     assert response.headers["Content-Type"] == "text/event-stream"
     assert response.headers["Cache-Control"] == "no-cache"
@@ -78,6 +102,67 @@ def test_provider_error_frames_inside_a_200_stream_pass_untouched(service):
     response, chunks, _ = read_stream(service, stream_body("anthropic_claude", events=events))
     assert response.status_code == 200
     assert b"".join(c for _, c in chunks) == "".join(events).encode()
+
+
+def test_every_streaming_service_has_its_format_here():
+    from config import SERVICES
+    assert set(FORMATS) == {name for name, s in SERVICES.items() if s.streams}
+
+
+def test_a_gemini_stream_goes_to_its_sse_path_without_model_or_stream(service, upstream):
+    response, chunks, _ = read_stream(service, stream_body(
+        "gemini_generate", model="gemini-2.5-flash", events=FORMATS["gemini_generate"][-2:],
+        framing="close"))
+    assert response.status_code == 200
+    seen = upstream.last()
+    assert seen["path"] == "/google/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
+    assert "model" not in seen["payload"] and "stream" not in seen["payload"]
+    assert dict(seen["headers"])["x-goog-api-key"] == FAKE_KEY
+
+
+@pytest.mark.parametrize(("name", "comment"), [("deepseek_chat", ": keep-alive\n\n"),
+                                               ("openrouter_chat", ": OPENROUTER PROCESSING\n\n")])
+def test_comment_lines_reach_the_client_and_keep_the_read_timeout_from_firing(service, name,
+                                                                              comment):
+    """Four comments 0.6 s apart: 2.4 s of waiting in a provider's queue, past the service's
+    1 s read timeout, which each comment restarts."""
+    events = [comment] * 4 + [FORMATS[name][-2], "data: [DONE]\n\n"]
+    response, chunks, _ = read_stream(service, stream_body(name, events=events, interval=0.6))
+    data = b"".join(c for _, c in chunks)
+    assert data == "".join(events).encode() and b"event: error" not in data
+    assert chunks[0][1] == comment.encode()
+
+
+IN_BAND_ERRORS = {
+    "openrouter_chat": ['data: {"id":"gen-1","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+                        'data: {"id":"gen-1","error":{"code":502,"message":"Provider error"},'
+                        '"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}\n\n',
+                        "data: [DONE]\n\n"],
+    "mistral_chat": ['data: {"id":"m1","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n',
+                     'data: {"id":"m1","choices":[{"index":0,"delta":{"content":""},'
+                     '"finish_reason":"error"}]}\n\n', "data: [DONE]\n\n"],
+    "gemini_generate": ['data: {"candidates":[{"content":{"parts":[{"text":"a"}]}}]}\r\n\r\n',
+                        'data: {"error":{"code":500,"message":"Internal","status":"INTERNAL"}}'
+                        '\r\n\r\n'],
+}
+
+
+@pytest.mark.parametrize("name", IN_BAND_ERRORS)
+def test_a_providers_error_inside_a_200_stream_passes_untouched(service, name):
+    events = IN_BAND_ERRORS[name]
+    response, chunks, _ = read_stream(
+        service, stream_body(name, events=events, framing=FRAMING.get(name, "chunked")))
+    assert response.status_code == 200
+    assert b"".join(c for _, c in chunks) == "".join(events).encode()
+
+
+def test_a_break_in_a_crlf_framed_stream_starts_the_error_frame_at_once(service):
+    events = FORMATS["gemini_generate"][:2]
+    response, chunks, _ = read_stream(
+        service, stream_body("gemini_generate", events=events, then="reset"))
+    data = b"".join(c for _, c in chunks)
+    assert data.startswith("".join(events).encode() + b"event: error\ndata: ")
+    assert error_frame(data)["error"]["code"] == "NETWORK_ERROR"
 
 
 def test_openai_error_data_frame_passes_untouched(service):

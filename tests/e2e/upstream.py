@@ -59,6 +59,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _write(self, data: bytes) -> None:
+        self.wfile.write(data)
+        self.wfile.flush()
+
     def _chunk(self, data: bytes) -> None:
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
@@ -136,20 +140,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b'{"data": "' + b"x" * payload["size"] + b'"}')
 
     def _sse(self, payload: dict) -> None:
-        """Chunked SSE: each event in its own chunk, `interval` apart; then `then`."""
+        """SSE, each event in its own chunk, `interval` apart; then `then`. With `framing`
+        "close", no chunks: the events are written as they are and the connection closes after
+        the last, as Gemini ends its streams."""
+        close_delimited = payload.get("framing") == "close"
         self.send_response(200)
         self.send_header("Content-Type", payload.get("content_type", "text/event-stream"))
-        self.send_header("Transfer-Encoding", "chunked")
+        if close_delimited:
+            self.send_header("Connection", "close")
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
         for name, value in payload.get("headers", {}).items():
             self.send_header(name, value)
         self.end_headers()
+        send = self._write if close_delimited else self._chunk
         sent = self.server.stub.sent.setdefault(payload.get("id", ""), [])
         try:
             for i, event in enumerate(payload["events"]):
                 if i:
                     time.sleep(payload.get("interval", 0))
-                self._chunk(event.encode())
+                send(event.encode())
                 sent.append((time.monotonic(), event))
+            if close_delimited:
+                self.close_connection = True
+                return
             then = payload.get("then")
             if then:
                 # Let the proxy read what was sent: an RST purges unread data in the kernel.
