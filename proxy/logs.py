@@ -72,15 +72,28 @@ class JsonFormatter(logging.Formatter):
 
 
 _encode = msgspec.json.Encoder(enc_hook=str).encode  # what JSON cannot hold, as its str()
+# Characters a line-oriented reader may split a line on (str.splitlines() does, and so do some
+# log shippers) that JSON leaves unescaped: DEL, the C1 controls (U+0085 NEL among them), and
+# the line and paragraph separators. JSON already escapes the C0 controls.
+_LINE_BREAKERS = re.compile("[\x7f-\x9f\u2028\u2029]")
+
+
+def _escaped(match: re.Match) -> str:
+    return f"\\u{ord(match[0]):04x}"
 
 
 def _dumps(line: dict) -> str:
-    # msgspec writes a line in a tenth of json's time; json still writes what msgspec refuses
-    # (a lone surrogate, which UTF-8 cannot hold).
+    """The record as one JSON object on one line, whatever its strings hold (contract §8).
+
+    msgspec writes a line in a tenth of json's time; json writes what msgspec refuses (a lone
+    surrogate, which UTF-8 cannot hold), escaped to ASCII."""
     try:
-        return _encode(line).decode()
+        text = _encode(line).decode()
     except ValueError:
-        return json.dumps(line, ensure_ascii=False, default=str)
+        return json.dumps(line, default=str)
+    if text.isascii() and "\x7f" not in text:
+        return text
+    return _LINE_BREAKERS.sub(_escaped, text)
 
 
 def configure_logging(level: str) -> None:
@@ -99,6 +112,19 @@ def configure_logging(level: str) -> None:
 
 
 _summary = logging.getLogger("proxy.requests")
+MAX_KEY_NAMES, MAX_KEY_NAME = 32, 64
+
+
+def _key_names(payload: dict) -> tuple[list[str], int | None]:
+    """The payload's top-level key names for the log line, at most 32 of at most 64 characters
+    (a cut name ends with "…"), and how many there were when that is more: a client's 10,000
+    keys of 1 KB must not make a 10 MB line. Never their values."""
+    names = list(payload)
+    if len(names) <= MAX_KEY_NAMES and all(len(name) <= MAX_KEY_NAME for name in names):
+        return names, None  # the usual payload: a few short keys
+    shown = [name if len(name) <= MAX_KEY_NAME else name[:MAX_KEY_NAME - 1] + "…"
+             for name in names[:MAX_KEY_NAMES]]
+    return shown, len(names) if len(names) > MAX_KEY_NAMES else None
 
 
 @dataclass
@@ -117,6 +143,7 @@ class RequestLog:
     target_service: str | None = None
     url: str | None = None
     payload_keys: list[str] | None = None
+    payload_key_count: int | None = None  # how many keys, when payload_keys names fewer
     status: int | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None  # until the provider's answer headers
@@ -126,9 +153,10 @@ class RequestLog:
     first_byte_ms: float | None = None
     ended: str | None = None
 
-    def proxying(self, service: str, payload_keys: list[str]) -> None:
+    def proxying(self, service: str, payload: dict) -> None:
         self.message = "proxied request"
-        self.target_service, self.payload_keys = service, payload_keys
+        self.target_service = service
+        self.payload_keys, self.payload_key_count = _key_names(payload)
 
     def relayed(self, size: int) -> None:
         if self.first_byte_ms is None:
@@ -147,6 +175,8 @@ class RequestLog:
             fields.update(targetService=self.target_service, url=self.url,
                           payloadKeys=self.payload_keys, upstreamStatus=self.upstream_status,
                           upstreamMs=self.upstream_ms, stream=self.stream)
+            if self.payload_key_count is not None:
+                fields["payloadKeyCount"] = self.payload_key_count
         if self.stream:
             fields.update(bytesRelayed=self.bytes_relayed, firstByteMs=self.first_byte_ms,
                           ended=self.ended)

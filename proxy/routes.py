@@ -7,6 +7,7 @@ from typing import Iterator
 
 import marshmallow as ma
 from flask import Blueprint, Response, current_app, g, request
+from gunicorn.http.errors import ParseException
 
 from config import OPTION_HEADERS, PROVIDERS, SERVICES, VERSION, Service
 from proxy import access, envelope, logs, metrics
@@ -42,7 +43,7 @@ def forward_external() -> Response:
         raise ValidationError("Invalid request body.", details=e.messages) from None
     service, payload = SERVICES[req["target_service"]], req["payload"]
     upstream = _upstream()
-    log.proxying(service.name, list(payload))
+    log.proxying(service.name, payload)
     call = upstream.prepare(service, payload)
     log.url = call.url.partition("?")[0]
     api_key = (req["api_key"] or "").strip()
@@ -127,8 +128,10 @@ def _read_body(limit: int, stall_seconds: float) -> bytes:
     """The body, counted against `limit` as it comes (chunked or not), and refused should it
     stop arriving for `stall_seconds`: gunicorn would wait for it for ever, and a few dozen
     stalled clients held every gthread thread (a few thousand, every gevent worker's
-    connections). gunicorn then closes the connection, since a body it failed to read leaves
-    the next request's start unknown. (No socket is known under `flask run`.)
+    connections). A body the client breaks off (a chunked one that ends or is reset before its
+    last chunk, or whose framing gunicorn refuses) is the client's error too, not a 500. Either
+    way the connection is closed after the answer, since a body that was not read to its end
+    leaves the next request's start unknown. (No socket is known under `flask run`.)
     """
     sock = request.environ.get("gunicorn.socket")
     if sock is not None:
@@ -142,12 +145,28 @@ def _read_body(limit: int, stall_seconds: float) -> bytes:
                 raise PayloadTooLargeError(f"Request body is over {limit} bytes.")
             data.append(chunk)
     except TimeoutError:
+        _close_after_answer()
         raise ValidationError("The request body stopped arriving: nothing came for "
                               f"{stall_seconds:g} s.") from None
+    except (OSError, ParseException):  # gunicorn's NoMoreData is an OSError, as is a reset
+        _close_after_answer()
+        raise ValidationError("The request body broke off before its end, or its chunked "
+                              "framing is malformed.") from None
     finally:
         if sock is not None:
             sock.settimeout(before)
     return b"".join(data)
+
+
+def _close_after_answer() -> None:
+    """Have gunicorn answer with Connection: close and close the connection. It closes one
+    whose body failed to read in any case; this also makes the answer say so. Its chunked
+    reader is the one place that holds the request (gunicorn/http/body.py, ChunkedReader.req);
+    a length-delimited body that breaks off has no connection left to keep."""
+    request_message = getattr(getattr(request.environ.get("wsgi.input"), "reader", None),
+                              "req", None)
+    if request_message is not None:
+        request_message.force_close()
 
 
 def _option_headers(service: Service) -> dict[str, str]:

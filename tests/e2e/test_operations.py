@@ -153,7 +153,7 @@ def test_flask_run_serves_the_same_routes(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         assert wait_for_health(url, proc, log)["success"] is True
-        assert requests.get(f"{url}/api/proxy/services", timeout=5).json()["data"]["count"] == 8
+        assert requests.get(f"{url}/api/proxy/services", timeout=5).json()["data"]["count"] == 23
         assert requests.get(f"{url}/nowhere", timeout=5).json()["error"]["code"] == "NOT_FOUND"
         assert "byok_proxy_requests_total" in requests.get(f"{url}/metrics", timeout=5).text
         missing_key = requests.post(f"{url}/api/proxy/external", timeout=5,

@@ -8,6 +8,9 @@ import json
 
 import pytest
 
+from gunicorn.http.errors import (ChunkMissingTerminator, InvalidChunkExtension,
+                                  InvalidChunkSize, NoMoreData)
+
 from tests.conftest import FAKE_KEY
 from tests.unit.conftest import body
 
@@ -50,6 +53,33 @@ def chunked(size: int) -> dict:
     # No Content-Length: the body ends when the stream does, as a chunked upload's does.
     return {"input_stream": io.BytesIO(b'{"payload": "' + b"x" * size + b'"}'),
             "content_type": "application/json", "environ_base": {"wsgi.input_terminated": True}}
+
+
+class BrokenBody(io.RawIOBase):
+    """A request body that gives `data`, then fails as gunicorn's reader does when the client
+    breaks it off: NoMoreData (ended before the last chunk), a malformed chunk size or
+    terminator, or a reset."""
+
+    def __init__(self, data: bytes, error: Exception) -> None:
+        self._data, self._error = data, error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self._data:
+            raise self._error
+        size = min(len(buffer), len(self._data))
+        buffer[:size], self._data = self._data[:size], self._data[size:]
+        return size
+
+
+def broken(error: Exception) -> dict:
+    # No Content-Length, as in a chunked upload; set in the environ, past the test client's
+    # own stream handling (which would seek in it).
+    return {"content_type": "application/json", "environ_overrides": {
+        "wsgi.input": io.BufferedReader(BrokenBody(VALID[:20], error)),
+        "wsgi.input_terminated": True}}
 
 
 BAD = ("VALIDATION_ERROR", 400)
@@ -102,6 +132,13 @@ CASES = {
         % FAKE_KEY), BAD),
     "a raw control character in a string": (with_payload('{"input": "a\x00b"}'), BAD),
     "a raw newline in a string": (with_payload('{"input": "a\nb"}'), BAD),
+
+    # -- a chunked body the client breaks off, as gunicorn reports it ---------------------------
+    "a chunked body that ends mid-chunk": (broken(NoMoreData(b"")), BAD),
+    "a chunk size of zz": (broken(InvalidChunkSize(b"zz")), BAD),
+    "a chunk without its CRLF": (broken(ChunkMissingTerminator(b"XX")), BAD),
+    "a chunk extension gunicorn refuses": (broken(InvalidChunkExtension("\x00")), BAD),
+    "a client that resets mid-body": (broken(ConnectionResetError(104, "reset")), BAD),
 
     # -- sizes ---------------------------------------------------------------------------------
     "a 10 MB api_key": (fields(api_key="k" * (10 * 1000 * 1000)), BAD),
