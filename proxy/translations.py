@@ -61,15 +61,16 @@ _decode = msgspec.json.decode
 def google_retry_info(body: bytes) -> str | None:
     """Retry-After, in whole seconds rounded up, from a Gemini error's RetryInfo.retryDelay
     (`{"error": {"details": [{"@type": ".../google.rpc.RetryInfo", "retryDelay": "34.4s"}]}}`).
-    None for a body without one, or with one in any other shape: the answer is then passed on
-    as it is, never failed."""
+    The error may also come wrapped in a list, as a streamed call's can. None for a body
+    without one, or with one in any other shape: the answer is then passed on as it is, never
+    failed."""
     try:
-        details = _decode(body)["error"]["details"]
-        for detail in details:
-            if detail.get("@type") == _RETRY_INFO:
-                match = _DURATION.fullmatch(detail["retryDelay"])
-                if match:
-                    return str(math.ceil(float(match[0][:-1])))
+        value = _decode(body)
+        for error in value if isinstance(value, list) else (value,):
+            for detail in error["error"]["details"]:
+                if detail.get("@type") == _RETRY_INFO:
+                    match = _DURATION.fullmatch(detail["retryDelay"])
+                    return str(math.ceil(float(match[0][:-1]))) if match else None
     except (msgspec.DecodeError, KeyError, TypeError, AttributeError, RecursionError):
         pass
     return None

@@ -18,6 +18,10 @@ def test_retry_delay_becomes_whole_seconds_rounded_up(delay, seconds):
     assert google_retry_info(retry_info(delay)) == seconds
 
 
+def test_an_error_wrapped_in_a_list_is_read_too():
+    assert google_retry_info(b"[" + retry_info("52758s") + b"]") == "52758"
+
+
 @pytest.mark.parametrize("body", [
     b"", b"not json", b"[]", b"null", b'{"error": null}', b'{"error": {"details": {}}}',
     b'{"error": {"details": "x"}}', b'{"error": {"details": [1, "a", null]}}',
@@ -25,7 +29,7 @@ def test_retry_delay_becomes_whole_seconds_rounded_up(delay, seconds):
     retry_info(5), retry_info(None), retry_info("5"), retry_info("-5s"), retry_info("5 s"),
     retry_info("5m"), retry_info("1e3s"), retry_info("5.s"), retry_info("5s\n"),
     retry_info("9" * 13 + "s"), retry_info("5." + "0" * 10 + "s"),
-    b"[" * 10_000 + b"]" * 10_000,
+    b"[" * 10_000 + b"]" * 10_000, b"[1, 2]", b"[[]]",
     b'{"error": {"details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure"}]}}',
 ])
 def test_anything_else_gives_no_retry_after(body):
