@@ -178,7 +178,7 @@ class Upstream:
         to_upstream = TRANSLATIONS[service.translation][0] if service.translation else None
         if to_upstream is not None:
             sent = to_upstream(payload, self.settings.cohere_generate_model)
-        if not service.model_in_path:
+        if not service.model_in_path:  # its (plain, streamed) URLs were built at start
             return Call(service, self._urls[service.name][wants_stream], payload, sent,
                         wants_stream)
         model = _model_name(payload.get("model"), service.name)

@@ -207,3 +207,29 @@ def test_new_rate_limit_families_pass_on(client, mocked, header):
     mocked.post(service_url("mistral_chat"), json={}, headers={header: "2m59.56s"})
     response = client.post("/api/proxy/external", json=body("mistral_chat"))
     assert response.headers[header] == "2m59.56s"
+
+
+@pytest.mark.parametrize("service", SERVICES.values(), ids=lambda s: s.name)
+@pytest.mark.parametrize("status", [200, 429])
+def test_no_service_lets_an_echoed_key_reach_the_client_or_the_log(client, mocked, service,
+                                                                    status):
+    """The secret sweep, service by service: the autouse fixtures check every log line and the
+    answer for the key; here a provider echoes it in its body and a passed header."""
+    echo = {"id": "x", "message": {"content": [{"type": "text", "text": FAKE_KEY}]},
+            "note": f"your key {FAKE_KEY}"}
+    mocked.post(service_url(service.name), status=status, json=echo,
+                headers={"x-ratelimit-note": FAKE_KEY, "x-request-id": FAKE_KEY})
+    payload = {"prompt": "hi"} if service.name == "cohere_generate" else {"model": "m"}
+    response = client.post("/api/proxy/external", json=body(service.name, payload))
+    assert response.status_code == status
+    assert b"[REDACTED]" in response.get_data()
+    assert response.headers["x-ratelimit-note"] == "[REDACTED]"
+
+
+@pytest.mark.parametrize("name", [n for n, s in SERVICES.items() if s.streams])
+def test_no_streaming_service_lets_an_echoed_key_through_its_stream(client, mocked, name):
+    mocked.post(service_url(name, stream=True), content_type="text/event-stream",
+                body=f'data: {{"echo": "{FAKE_KEY}"}}\n\n'.encode())
+    response = client.post("/api/proxy/external",
+                           json=body(name, {"model": "m", "stream": True}))
+    assert response.get_data() == b'data: {"echo": "[REDACTED]"}\n\n'
