@@ -44,6 +44,8 @@ class Service:
     # Name of a request/response translation in proxy/translations.py, for a service
     # whose upstream API differs from the one it offers clients.
     translation: str | None = None
+    # Name of the reader in proxy/usage.py that finds the token counts in its answers.
+    usage: str = "openai"
 
     @property
     def model_in_path(self) -> bool:
@@ -83,23 +85,29 @@ OPTION_HEADERS: tuple[str, ...] = tuple(dict.fromkeys(
 
 SERVICES: Mapping[str, Service] = MappingProxyType({s.name: s for s in (
     Service("openai_chat", "openai", "/chat/completions", "chat", streams=True),
-    Service("openai_responses", "openai", "/responses", "chat", streams=True),
+    Service("openai_responses", "openai", "/responses", "chat", streams=True,
+            usage="openai_responses"),
     Service("openai_embedding", "openai", "/embeddings", "embedding"),
-    Service("anthropic_claude", "anthropic", "/v1/messages", "chat", streams=True),
-    Service("anthropic_count_tokens", "anthropic", "/v1/messages/count_tokens", "tokens"),
+    Service("anthropic_claude", "anthropic", "/v1/messages", "chat", streams=True,
+            usage="anthropic"),
+    Service("anthropic_count_tokens", "anthropic", "/v1/messages/count_tokens", "tokens",
+            usage="anthropic"),
     Service("jina_embedding", "jina", "/embeddings", "embedding"),
     Service("jina_rerank", "jina", "/rerank", "rerank"),
     # Cohere removed /v1/generate on 2025-09-15; the service lives on through chat.
     Service("cohere_generate", "cohere", "/v2/chat", "completion",
-            translation="cohere_generate"),
-    Service("cohere_chat", "cohere", "/v2/chat", "chat", streams=True),
-    Service("cohere_embed", "cohere", "/v2/embed", "embedding"),
-    Service("cohere_rerank", "cohere", "/v2/rerank", "rerank"),
+            translation="cohere_generate", usage="cohere"),
+    Service("cohere_chat", "cohere", "/v2/chat", "chat", streams=True, usage="cohere"),
+    Service("cohere_embed", "cohere", "/v2/embed", "embedding", usage="cohere"),
+    Service("cohere_rerank", "cohere", "/v2/rerank", "rerank", usage="cohere"),
     # {model} is "models/<id>" or "tunedModels/<id>", checked (proxy/upstream.py).
     Service("gemini_generate", "google", "/v1beta/{model}:generateContent", "chat",
-            streams=True, stream_path="/v1beta/{model}:streamGenerateContent?alt=sse"),
-    Service("gemini_embedding", "google", "/v1beta/{model}:batchEmbedContents", "embedding"),
-    Service("gemini_count_tokens", "google", "/v1beta/{model}:countTokens", "tokens"),
+            streams=True, stream_path="/v1beta/{model}:streamGenerateContent?alt=sse",
+            usage="gemini"),
+    Service("gemini_embedding", "google", "/v1beta/{model}:batchEmbedContents", "embedding",
+            usage="gemini"),
+    Service("gemini_count_tokens", "google", "/v1beta/{model}:countTokens", "tokens",
+            usage="gemini"),
     Service("mistral_chat", "mistral", "/v1/chat/completions", "chat", streams=True),
     Service("mistral_fim", "mistral", "/v1/fim/completions", "completion", streams=True),
     Service("mistral_embedding", "mistral", "/v1/embeddings", "embedding"),

@@ -113,6 +113,12 @@ def configure_logging(level: str) -> None:
 
 _summary = logging.getLogger("proxy.requests")
 MAX_KEY_NAMES, MAX_KEY_NAME = 32, 64
+MAX_MODEL = 128
+
+
+def model_name(model: object) -> str | None:
+    """A payload's model for the log line: a string, cut to MAX_MODEL characters."""
+    return model[:MAX_MODEL] if isinstance(model, str) else None
 
 
 def _key_names(payload: dict) -> tuple[list[str], int | None]:
@@ -144,6 +150,8 @@ class RequestLog:
     url: str | None = None
     payload_keys: list[str] | None = None
     payload_key_count: int | None = None  # how many keys, when payload_keys names fewer
+    model: str | None = None  # the payload's, cut to MAX_MODEL characters
+    usage: dict[str, int] | None = None  # token counts the provider reported (proxy/usage.py)
     status: int | None = None
     upstream_status: int | None = None
     upstream_ms: float | None = None  # until the provider's answer headers
@@ -157,6 +165,7 @@ class RequestLog:
         self.message = "proxied request"
         self.target_service = service
         self.payload_keys, self.payload_key_count = _key_names(payload)
+        self.model = model_name(payload.get("model"))
 
     def relayed(self, size: int) -> None:
         if self.first_byte_ms is None:
@@ -177,6 +186,10 @@ class RequestLog:
                           upstreamMs=self.upstream_ms, stream=self.stream)
             if self.payload_key_count is not None:
                 fields["payloadKeyCount"] = self.payload_key_count
+            if self.model is not None:
+                fields["model"] = self.model
+            if self.usage is not None:
+                fields["usage"] = self.usage
         if self.stream:
             fields.update(bytesRelayed=self.bytes_relayed, firstByteMs=self.first_byte_ms,
                           ended=self.ended)

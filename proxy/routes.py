@@ -46,6 +46,8 @@ def forward_external() -> Response:
     log.proxying(service.name, payload)
     call = upstream.prepare(service, payload)
     log.url = call.url.partition("?")[0]
+    if log.model is None:  # a model the proxy chose (cohere_generate's default)
+        log.model = logs.model_name(call.sent.get("model"))
     api_key = (req["api_key"] or "").strip()
     logs.hide(api_key)
     if not api_key:

@@ -19,6 +19,7 @@ from config import PROVIDERS, SERVICES, USER_AGENT, Provider, Service, Settings
 from proxy.envelope import RawJSON, details_from, passed_headers
 from proxy.errors import (ExternalServiceError, NetworkError, ProxyError, UpstreamTimeoutError,
                           ValidationError, client_status)
+from proxy import usage
 from proxy.logs import SHORTEST_SECRET, RequestLog
 from proxy.transport import provider_session
 from proxy.translations import RETRY_AFTER_FROM_BODY, TRANSLATIONS
@@ -54,22 +55,36 @@ def _transport_error(exc: BaseException, service: str) -> ProxyError:
 # Provider payloads and translated answers as compact UTF-8 JSON (a tenth of json's time;
 # integers of any size).
 _dumps = msgspec.json.Encoder().encode
+_json_object = msgspec.json.Decoder(usage.TopLevel)
 _json_value = msgspec.json.Decoder(msgspec.Raw)
+_NO_FIELDS = usage.TopLevel()
 
 
-def _is_json(body: bytes) -> bool:
-    """Whether a provider's body is one JSON value in UTF-8 (RFC 8259: no NaN, no BOM, nothing
-    after it). msgspec scans it into a Raw view: no Python object is built, so a 1 MB embeddings
+def _scan(body: bytes) -> usage.TopLevel | None:
+    """A provider's body checked to be one JSON value in UTF-8 (RFC 8259: no NaN, no BOM,
+    nothing after it), with the top-level fields that can hold usage; None if it is not.
+
+    msgspec scans it: no Python object is built but those fields' bytes, so a 1 MB embeddings
     answer costs a scan (half of a parse) and no memory churn."""
     try:
-        _json_value.decode(body)
+        fields = _json_object.decode(body)
+    except msgspec.ValidationError:  # valid JSON, but no object: scanned again, as a value
+        fields = _NO_FIELDS if _is_json_value(body) else None
     except (msgspec.DecodeError, RecursionError):  # nested past ~1000 levels: refused too
-        return False
-    if body.isascii():
-        return True
+        return None
+    if fields is None or body.isascii():
+        return fields
     try:
         body.decode()  # the scan leaves the bytes inside strings to us
     except UnicodeDecodeError:
+        return None
+    return fields
+
+
+def _is_json_value(body: bytes) -> bool:
+    try:
+        _json_value.decode(body)
+    except (msgspec.DecodeError, RecursionError):
         return False
     return True
 
@@ -206,7 +221,8 @@ class Upstream:
             return Reply(headers, chunks=self._relay(response, service, key, log))
 
         body = _scrub(self._read(response, service), key)
-        is_json = _is_json(body)
+        fields = _scan(body)
+        is_json = fields is not None
         if is_2xx and not is_json:
             raise ExternalServiceError(f"{service.name} answered {status} without JSON",
                                        service=service.name, upstream_status=status,
@@ -221,6 +237,7 @@ class Upstream:
             raise ExternalServiceError(f"{service.name} answered {status}", service=service.name,
                                        status=client_status(status), upstream_status=status,
                                        details=details_from(body, raw), headers=headers)
+        log.usage = usage.from_answer(service.usage, fields)
         if service.translation:
             from_upstream = TRANSLATIONS[service.translation][1]
             body = _dumps(from_upstream(_parsed(body), call.payload))
@@ -271,6 +288,7 @@ class Upstream:
         """
         raw = response.raw
         held = b""
+        counts = usage.StreamUsage(service.usage)
         try:
             if raw.chunked:
                 chunks = raw.read_chunked(decode_content=True)
@@ -278,6 +296,7 @@ class Upstream:
                 chunks = iter(lambda: raw.read1(_READ_SIZE, decode_content=True) or b"", b"")
             for chunk in chunks:
                 log.relayed(len(chunk))
+                counts.feed(chunk)
                 chunk, held = _scrub_split(held + chunk, key)
                 if chunk:
                     yield chunk
@@ -293,6 +312,7 @@ class Upstream:
                 yield held
             raise _transport_error(exc, service.name) from None
         finally:
+            log.usage = counts.result()
             response.close()
 
 

@@ -236,7 +236,7 @@ def test_one_summary_line_per_proxied_request(client, mocked, caplog):
         "url": service_url("openai_chat"), "payloadKeys": ["messages", "model"],
         "status": 429, "upstreamStatus": 429, "errorCode": "EXTERNAL_SERVICE_ERROR",
         "durationMs": record.fields["durationMs"], "upstreamMs": record.fields["upstreamMs"],
-        "stream": False}
+        "stream": False, "model": "m"}
     assert 0 <= record.fields["upstreamMs"] <= record.fields["durationMs"]
     assert "SECRET" not in caplog.text
 
