@@ -16,10 +16,10 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import ReadTimeoutError
 
 from config import PROVIDERS, SERVICES, USER_AGENT, Provider, Service, Settings
+from proxy import usage
 from proxy.envelope import RawJSON, details_from, passed_headers
 from proxy.errors import (ExternalServiceError, NetworkError, ProxyError, UpstreamTimeoutError,
                           ValidationError, client_status)
-from proxy import usage
 from proxy.logs import SHORTEST_SECRET, RequestLog
 from proxy.transport import provider_session
 from proxy.translations import RETRY_AFTER_FROM_BODY, TRANSLATIONS

@@ -111,14 +111,14 @@ def test_metrics_add_up_across_workers(upstream, tmp_path):
         assert len(pids()) >= 2, "the requests did not spread over several workers"
         for _ in range(3):  # each scrape may land on any worker; every one sees the same sums
             text = requests.get(f"{service.url}/metrics", timeout=5).text
-            assert metric(text, "byok_proxy_requests_total", service="openai_chat",
+            assert metric(text, "byok_proxy_requests_total", service="openai_chat", model="none",
                           status="200") == 8 * rounds
-            assert metric(text, "byok_proxy_requests_total", service="openai_chat",
+            assert metric(text, "byok_proxy_requests_total", service="openai_chat", model="none",
                           status="429") == 2 * rounds
             assert metric(text, "byok_proxy_upstream_errors_total", service="openai_chat",
                           code="EXTERNAL_SERVICE_ERROR") == 2 * rounds
             assert metric(text, "byok_proxy_request_duration_seconds_count",
-                          service="openai_chat") == 10 * rounds
+                          service="openai_chat", model="none") == 10 * rounds
             assert metric(text, "byok_proxy_requests_in_flight") == 0
             assert FAKE_KEY not in text
     finally:

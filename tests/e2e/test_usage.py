@@ -3,6 +3,7 @@ streamed (a usage event split across two chunks among them), and the service's l
 /metrics, added up over its gunicorn workers, show them."""
 import json
 import re
+import time
 
 import pytest
 
@@ -74,7 +75,14 @@ def test_usage_in_every_format_reaches_the_log_and_metrics(counted):
                 if field in usage:
                     key = (name, model(name, "stream"), kind)
                     expected[key] = expected.get(key, 0) + usage[field]
-    metrics = token_samples(counted.get("/metrics").text)
+    # A call's line and counts are written once its last byte is sent, which may be a moment
+    # after the client has read it.
+    deadline = time.monotonic() + 5
+    while True:
+        metrics = token_samples(counted.get("/metrics").text)
+        if {key: metrics.get(key) for key in expected} == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert {key: metrics.get(key) for key in expected} == expected
     lines = [json.loads(line) for line in counted.log().splitlines()
              if '"proxied request"' in line]
