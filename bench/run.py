@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import portkey  # noqa: E402
@@ -123,16 +124,27 @@ def proxy_body(service: str, stream: bool = False) -> bytes:
     return json.dumps({"target_service": service, "api_key": KEY, "payload": payload}).encode()
 
 
+class WrkRun(NamedTuple):
+    requests: int  # completed
+    non_2xx: int
+    latency_ms: dict[str, float]  # p50, p90, p99 and max, as wrk --latency reads them
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60_000}[unit]
+
+
 def wrk(port: int, path: str, body: bytes, connections: int, seconds: float,
-        workdir: Path, headers: dict[str, str] | None = None) -> tuple[int, int]:
-    """(requests completed, non-2xx answers) in a wrk run of `seconds`, the key sent as a
-    bearer token besides any `headers`."""
+        workdir: Path, headers: dict[str, str] | None = None) -> WrkRun:
+    """A wrk run of `seconds`, the key sent as a bearer token besides any `headers`. wrk times
+    a request out after 2 s: a latency at that mark means "2 s or more"."""
     script = workdir / "post.lua"
     script.write_text(f'wrk.method = "POST"\nwrk.body = {json.dumps(body.decode())}\n'
                       + "".join(f'wrk.headers["{name}"] = "{value}"\n'
                                 for name, value in _headers(headers).items()))
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "-s", str(script),
+        ["wrk", "-t2", f"-c{connections}", f"-d{round(seconds)}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
         timeout=seconds + 30)
     found = re.search(r"(\d+) requests in", out.stdout)
@@ -140,7 +152,10 @@ def wrk(port: int, path: str, body: bytes, connections: int, seconds: float,
         raise RuntimeError(f"wrk failed: {out.stdout}{out.stderr}")
     done = int(found.group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out.stdout)
-    return done, int(bad.group(1)) if bad else 0
+    latency = {f"p{q}": _ms(re.search(rf"^\s+{q}%\s+(\S+)", out.stdout, re.M).group(1))
+               for q in (50, 90, 99)}
+    latency["max"] = _ms(re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out.stdout).group(1))
+    return WrkRun(done, int(bad.group(1)) if bad else 0, latency)
 
 
 def _headers(extra: dict[str, str] | None) -> dict[str, str]:
@@ -173,13 +188,20 @@ def timed_requests(port: int, path: str, body: bytes, seconds: float,
 
 def cpu_per_request(server: Service | Portkey, body: bytes, connections: int, seconds: float,
                     workdir: Path, path: str = "/api/proxy/external",
-                    headers: dict[str, str] | None = None) -> tuple[float, float]:
-    """(CPU milliseconds `server` spent per request, requests/s) in a wrk run."""
+                    headers: dict[str, str] | None = None) -> tuple[float, float, dict]:
+    """(CPU milliseconds `server` spent per request, requests/s, latency) in a wrk run."""
     before = server.cpu_seconds()
-    done, bad = wrk(server.port, path, body, connections, seconds, workdir, headers)
-    if bad:
-        raise RuntimeError(f"{bad} non-2xx answers from {server} ({path}, {body[:80]!r})")
-    return (server.cpu_seconds() - before) * 1000 / done, done / seconds
+    run = wrk(server.port, path, body, connections, seconds, workdir, headers)
+    if run.non_2xx:
+        raise RuntimeError(f"{run.non_2xx} non-2xx answers from {server} ({path}, {body[:80]!r})")
+    return ((server.cpu_seconds() - before) * 1000 / run.requests, run.requests / seconds,
+            run.latency_ms)
+
+
+def _percentiles(runs: list[dict[str, float]]) -> str:
+    """Each percentile's median over the runs, in ms."""
+    return " / ".join(f"{statistics.median(r[q] for r in runs):.1f}"
+                      for q in ("p50", "p90", "p99", "max")) + " ms"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -222,22 +244,28 @@ def measure(args: argparse.Namespace) -> None:
                 wrk(gateway.port, route, PAYLOAD_BODY, 16, 3, workdir, headers)
             for conns in (16, 64):
                 rps, cpu, naive_rps, relay_cpu, portkey_cpu = [], [], [], [], []
+                latency: dict[str, list[dict]] = {"ours": [], "naive": [], "portkey": []}
                 for _ in range(args.runs):
-                    ms, per_second = cpu_per_request(ours, body, conns, args.seconds, workdir)
+                    ms, per_second, ours_latency = cpu_per_request(ours, body, conns,
+                                                                   args.seconds, workdir)
                     cpu.append(ms)
                     rps.append(per_second)
+                    latency["ours"].append(ours_latency)
                     # The references CPU is compared with, each right after ours: the machine's
                     # speed drifts by the minute, so they are read against ours run by run.
                     if conns == 16:
                         relay_cpu.append(cpu_per_request(relay, body, conns, args.seconds,
                                                          workdir)[0])
-                    if conns == 16 and gateway:
-                        portkey_cpu.append(cpu_per_request(gateway, PAYLOAD_BODY, conns,
-                                                           args.seconds, workdir, route,
-                                                           headers)[0])
-                    done, _ = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
-                                  workdir)
-                    naive_rps.append(done / args.seconds)
+                    if gateway:
+                        ms, _, portkey_latency = cpu_per_request(
+                            gateway, PAYLOAD_BODY, conns, args.seconds, workdir, route, headers)
+                        latency["portkey"].append(portkey_latency)
+                        if conns == 16:
+                            portkey_cpu.append(ms)
+                    naive_run = wrk(naive.port, "/api/proxy/external", body, conns, args.seconds,
+                                    workdir)
+                    naive_rps.append(naive_run.requests / args.seconds)
+                    latency["naive"].append(naive_run.latency_ms)
                 put(f"requests/s, {conns} connections", case, f"{statistics.median(rps):,.0f}")
                 put(f"plain Flask + Session.post proxy (gthread), requests/s, {conns} conn.", case,
                     f"{statistics.median(naive_rps):,.0f}")
@@ -245,6 +273,13 @@ def measure(args: argparse.Namespace) -> None:
                     f"{statistics.median(rps) / statistics.median(naive_rps):.2f}x")
                 put(f"proxy CPU per request, {conns} connections", case,
                     f"{statistics.median(cpu):.2f} ms")
+                for who, label in (("ours", "proxy"), ("naive", "plain proxy"),
+                                   ("portkey", "Portkey")):
+                    if latency[who]:
+                        put(f"{label}: latency under load, {conns} conn., p50 / p90 / p99 / max",
+                            case, _percentiles(latency[who]))
+                put(f"proxy: p99 / p50 under load, {conns} connections", case,
+                    f"{statistics.median(r['p99'] / r['p50'] for r in latency['ours']):.1f}")
                 if relay_cpu:
                     put("copy-only relay (bench/relay.py), CPU per request, 16 conn.", case,
                         f"{statistics.median(relay_cpu):.2f} ms")

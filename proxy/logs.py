@@ -113,6 +113,8 @@ def configure_logging(level: str) -> None:
 
 _summary = logging.getLogger("proxy.requests")
 MAX_KEY_NAMES, MAX_KEY_NAME = 32, 64
+KEY_NAMES_BUDGET = MAX_KEY_NAMES * (MAX_KEY_NAME + 3)  # 32 plain names of 64, quoted, fit
+MAX_PATH = 512  # a path's characters in a line (a 404's path is the client's to choose)
 MAX_MODEL = 128
 
 
@@ -121,16 +123,30 @@ def model_name(model: object) -> str | None:
     return model[:MAX_MODEL] if isinstance(model, str) else None
 
 
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _key_names(payload: dict) -> tuple[list[str], int | None]:
     """The payload's top-level key names for the log line, at most 32 of at most 64 characters
-    (a cut name ends with "…"), and how many there were when that is more: a client's 10,000
-    keys of 1 KB must not make a 10 MB line. Never their values."""
+    (a cut name ends with "…"), and how many there were when it names fewer: a client's 10,000
+    keys of 1 KB must not make a 10 MB line. Never their values.
+
+    Names stop early once they would take more of the line than 32 names of 64 plain
+    characters do: a control character takes six as escaped, and 32 names of 64 of them would
+    take 12 KB."""
     names = list(payload)
-    if len(names) <= MAX_KEY_NAMES and all(len(name) <= MAX_KEY_NAME for name in names):
+    if len(names) <= MAX_KEY_NAMES and sum(map(len, names)) <= 256 and all(
+            len(name) <= MAX_KEY_NAME for name in names):
         return names, None  # the usual payload: a few short keys
-    shown = [name if len(name) <= MAX_KEY_NAME else name[:MAX_KEY_NAME - 1] + "…"
-             for name in names[:MAX_KEY_NAMES]]
-    return shown, len(names) if len(names) > MAX_KEY_NAMES else None
+    shown, used = [], 0
+    for name in names[:MAX_KEY_NAMES]:
+        name = _cut(name, MAX_KEY_NAME)
+        used += len(_dumps([name])) - 2
+        if used > KEY_NAMES_BUDGET:
+            break
+        shown.append(name)
+    return shown, len(names) if len(shown) < len(names) else None
 
 
 @dataclass
@@ -176,7 +192,8 @@ class RequestLog:
         return time.perf_counter() - self.started
 
     def emit(self) -> None:
-        fields = {"requestId": self.request_id, "method": self.method, "path": self.path,
+        fields = {"requestId": self.request_id, "method": self.method,
+                  "path": _cut(self.path, MAX_PATH),
                   "status": self.status, "durationMs": round(self.elapsed() * 1000, 1)}
         if self.error_code is not None:
             fields["errorCode"] = self.error_code

@@ -4,7 +4,8 @@ import logging
 
 import pytest
 
-from proxy.logs import MAX_KEY_NAME, MAX_KEY_NAMES, JsonFormatter, RequestLog, _key_names
+from proxy.logs import (MAX_KEY_NAME, MAX_KEY_NAMES, MAX_PATH, JsonFormatter, RequestLog,
+                        _key_names)
 
 # Every character a line-oriented reader may split on: the C0 controls, DEL, the C1 controls
 # (U+0085 NEL among them), and the line and paragraph separators.
@@ -72,3 +73,31 @@ def test_the_request_line_says_how_many_keys_it_did_not_name():
     parsed = json.loads(record[0])
     assert len(parsed["payloadKeys"]) == 32 and parsed["payloadKeyCount"] == 10_000
     assert len(record[0].encode()) < 8 * 1024
+
+
+def test_key_names_of_control_characters_stop_before_the_line_grows_past_its_budget():
+    names, count = _key_names({"\x85" * 64 + str(i): i for i in range(32)})
+    assert 0 < len(names) < 32 and count == 32
+    assert len(JsonFormatter().format(_record(payloadKeys=names)).encode()) < 4 * 1024
+
+
+def test_a_long_path_is_cut_in_the_line():
+    log = RequestLog("req_1", "GET", "/x" + "\x01" * 4000)
+    log.status = 404
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda r: lines.append(JsonFormatter().format(r))
+    logging.getLogger("proxy.requests").addHandler(handler)
+    try:
+        log.emit()
+    finally:
+        logging.getLogger("proxy.requests").removeHandler(handler)
+    path = json.loads(lines[0])["path"]
+    assert len(path) == MAX_PATH and path.endswith("…")
+    assert len(lines[0].encode()) < 4 * 1024
+
+
+def _record(**fields):
+    record = logging.LogRecord("proxy.requests", logging.INFO, __file__, 1, "request", None, None)
+    record.fields = fields
+    return record
