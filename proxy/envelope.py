@@ -17,6 +17,7 @@ _PASSED_HEADERS = ("retry-after", "retry-after-ms", "x-should-retry")
 _PASSED_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "ratelimitbysize-",
                     "x-ratelimitbysize-")
 UPSTREAM_ID_HEADER = "X-Upstream-Request-ID"
+_UPSTREAM_ID_LOWER = UPSTREAM_ID_HEADER.lower()
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110 §5.6.2)
 # A run of control characters (HTAB aside) with the white space after it: a folded line, a stray
 # CR, LF or NUL. RFC 9110 §5.5 has a recipient replace them with spaces before passing them on.
@@ -117,7 +118,7 @@ def is_passed_on(name: str) -> bool:
     """Whether an answer header is one the proxy passes on from a provider (for CORS)."""
     lower = name.lower()
     return (lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES)
-            or lower == "x-upstream-request-id")
+            or lower == _UPSTREAM_ID_LOWER)
 
 
 def response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
