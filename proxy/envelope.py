@@ -100,8 +100,7 @@ def passed_headers(upstream: Mapping[str, str],
         lower = name.lower()
         if lower in request_id_headers:
             ids[lower] = _clean(upstream[name])
-        elif lower in _PASSED_HEADERS or (lower.startswith(_PASSED_PREFIXES)
-                                          and _TOKEN.fullmatch(name)):
+        elif _passes(name, lower):
             out[name] = _clean(upstream[name])  # a repeated header comes once, values joined
     for name in request_id_headers:
         if name in ids:
@@ -114,11 +113,16 @@ def _clean(value: str) -> str:
     return value if value.isprintable() else _CONTROLS.sub(" ", value).strip(" \t")
 
 
+def _passes(name: str, lower: str) -> bool:
+    """Whether a provider header is a retry or rate-limit one the proxy passes on as it is."""
+    return lower in _PASSED_HEADERS or bool(lower.startswith(_PASSED_PREFIXES)
+                                            and _TOKEN.fullmatch(name))
+
+
 def is_passed_on(name: str) -> bool:
     """Whether an answer header is one the proxy passes on from a provider (for CORS)."""
     lower = name.lower()
-    return (lower in _PASSED_HEADERS or lower.startswith(_PASSED_PREFIXES)
-            or lower == _UPSTREAM_ID_LOWER)
+    return lower == _UPSTREAM_ID_LOWER or _passes(name, lower)
 
 
 def response(body: bytes, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:

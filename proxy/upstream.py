@@ -190,8 +190,8 @@ class Upstream:
         here, before any byte leaves."""
         wants_stream = service.streams and payload.get("stream") is True
         sent = payload
-        to_upstream = TRANSLATIONS[service.translation][0] if service.translation else None
-        if to_upstream is not None:
+        if service.translation:
+            to_upstream = TRANSLATIONS[service.translation][0]
             sent = to_upstream(payload, self.settings.cohere_generate_model)
         if not service.model_in_path:  # its (plain, streamed) URLs were built at start
             return Call(service, self._urls[service.name][wants_stream], payload, sent,

@@ -148,10 +148,11 @@ def _boundary(data: bytes, start: int = 0, end: int | None = None, *, last: bool
     return max(ends) if last else min(ends)
 
 
-def _event_at(data: bytes, pos: int) -> bytes:
+def _event_at(data: bytes, pos: int, end: int) -> bytes:
+    """The event of data[:end] that holds data[pos]."""
     start = _boundary(data, 0, pos, last=True)
-    end = _boundary(data, pos, last=False)
-    return data[max(start, 0):end if end >= 0 else len(data)]
+    stop = _boundary(data, pos, end, last=False)
+    return data[max(start, 0):stop if stop >= 0 else end]
 
 
 class StreamUsage:
@@ -189,8 +190,8 @@ class StreamUsage:
         if first < 0:
             return
         if self._first is None:
-            self._first = _event_at(data[:end], first)
-        self._last = _event_at(data[:end], data.rfind(self._marker, 0, end))
+            self._first = _event_at(data, first, end)
+        self._last = _event_at(data, data.rfind(self._marker, 0, end), end)
 
     def result(self) -> Usage | None:
         """The usage the stream reported, the last event's counts over the first's."""
