@@ -125,3 +125,16 @@ def test_gunicorn_keeps_idle_connections_longer_than_the_router_in_front(monkeyp
     monkeypatch.setenv("METRICS_ENABLED", "false")  # no metrics directory for this process
     conf = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
     assert conf["keepalive"] > 90
+
+
+def test_a_busy_gevent_worker_takes_several_waiting_connections_a_turn(monkeypatch):
+    # gunicorn lets each of several gevent workers accept one connection a turn of its loop;
+    # under load a turn is tens of ms, and a burst of new connections waited for hundreds.
+    from gunicorn.workers import ggevent
+
+    monkeypatch.setattr(ggevent, "StreamServer", ggevent.StreamServer)  # put back afterwards
+    monkeypatch.setenv("METRICS_ENABLED", "false")
+    runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
+    server = ggevent.StreamServer(("127.0.0.1", 0), handle=lambda *args: None)
+    server.max_accept = 1  # what gunicorn's worker sets when there are several
+    assert server.max_accept == 8

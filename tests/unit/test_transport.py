@@ -7,7 +7,9 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import urllib3.connection
@@ -200,3 +202,39 @@ def test_a_control_character_in_a_request_header_is_refused_before_sending(value
         connection.close()
 
 
+
+
+GEVENT_CALL = """
+import gevent.monkey
+gevent.monkey.patch_all()
+import socket, sys, gevent
+from gevent.monkey import get_original
+from proxy.transport import LeanHTTPConnection
+
+server = socket.create_server(("127.0.0.1", 0))
+def serve():
+    peer, _ = server.accept()
+    data = b""
+    while not data.endswith(b"{}"):
+        data += peer.recv(65536)
+    peer.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+    gevent.sleep(60)  # keeps the connection open
+gevent.spawn(serve)
+connection = LeanHTTPConnection("127.0.0.1", server.getsockname()[1])
+connection.request("POST", "/v1", body=b"{}", headers={"Content-Length": "2"})
+while not get_original("select", "select")([connection.sock], [], [], 0)[0]:
+    gevent.sleep(0.01)  # until the answer is there, before it is asked for
+turns = []
+gevent.spawn(turns.append, "another greenlet ran")
+response = connection.getresponse()
+print(response.status, response.data.decode(), turns)
+"""
+
+
+def test_under_gevent_a_call_lets_the_other_greenlets_run_even_when_its_answer_is_there():
+    """gevent reads a ready socket without yielding; a worker whose provider answers fast then
+    served one connection while its others waited (README, Performance)."""
+    out = subprocess.run([sys.executable, "-c", GEVENT_CALL], capture_output=True, text=True,
+                         timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == "200 {} ['another greenlet ran']"
