@@ -9,7 +9,7 @@ each pinned by requirements.txt and covered by tests/unit/test_transport.py:
   HTTPConnection._output (writing the header block in one piece);
 - urllib3.connection._ResponseOptions, which urllib3's own request() fills the same way;
 - gevent.monkey.get_original, for the kernel's poll under the gevent worker.
-Public gevent API it uses: gevent.socket.wait_read (a turn of the worker's loop per call).
+Public gevent API it uses: gevent.socket.wait_read and a check watcher on the hub's loop.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import re
 import select
 import socket
 import sys
+import time
 import types
 from typing import Any, Mapping
 
@@ -38,17 +39,48 @@ _kernel_poll = (sys.modules["gevent.monkey"].get_original("select", "poll")
                 if "gevent.monkey" in sys.modules else select.poll)
 
 
-def _hub_wait_read() -> Any:
-    """gevent's wait_read when the sockets are gevent's (the gevent worker patches them
-    before it imports the app), else None."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is None or not monkey.is_module_patched("socket"):
-        return None
-    from gevent.socket import wait_read
-    return wait_read
+class _LoopTurn:
+    """Under the gevent worker, how long the worker's loop has been in its current turn.
+
+    gevent reads a socket that is ready without yielding. When the provider answers before the
+    proxy asks for the answer (and the client's next request is there as soon as the last is
+    answered), a greenlet served one connection request after request while the worker's other
+    connections waited: one request in a hundred took 20 times the median (README,
+    Performance). So a provider call that comes late in a turn waits for its answer through
+    the hub, which hands the next turn to whoever else is ready; early in a turn it reads the
+    answer at once (waiting on every call cost a tenth of the throughput). A check watcher,
+    run as each turn begins, marks the start; it is made on the first call, in the worker."""
+
+    BUDGET = 0.001  # seconds of a turn after which a call yields: about three requests' work
+
+    def __init__(self) -> None:
+        monkey = sys.modules.get("gevent.monkey")
+        patched = monkey is not None and monkey.is_module_patched("socket")
+        self.get_hub: Any = patched and sys.modules["gevent"].get_hub
+        self.wait_read: Any = patched and sys.modules["gevent.socket"].wait_read
+        self.hub: Any = None
+        self.watcher: Any = None
+        self.began = 0.0
+
+    def overrun(self) -> bool:
+        """Whether the current turn has run past the budget (False when not under gevent)."""
+        if not self.get_hub:
+            return False
+        hub = self.get_hub()
+        if hub is not self.hub:
+            if self.hub is not None:
+                return True  # another thread's hub: no clock there, so always take turns
+            self.hub = hub  # and self.began is 0: this first call takes its turn
+            self.watcher = hub.loop.check()
+            self.watcher.ref = False  # the clock alone does not keep the loop running
+            self.watcher.start(self._mark)
+        return time.perf_counter() - self.began > self.BUDGET
+
+    def _mark(self) -> None:
+        self.began = time.perf_counter()
 
 
-_wait_read = _hub_wait_read()
+_turn = _LoopTurn()
 
 
 # A header block as providers send it: "name: value" lines, each ended by CRLF, then CRLF.
@@ -151,17 +183,11 @@ class _LeanConnection:
         self.endheaders(body)
 
     def getresponse(self) -> Urllib3Response:
-        """urllib3's, but under gevent the answer is waited for through the hub even when it
-        has already arrived: one turn of the worker's loop for every call.
-
-        gevent reads a socket that is ready without yielding. When the provider answers before
-        the proxy asks for the answer (and the client's next request is there as soon as the
-        last is answered), a greenlet served one connection request after request while the
-        worker's other connections waited: one request in a hundred took 20 times the median
-        (README, Performance). The wait has the call's read timeout."""
-        if _wait_read is not None and not (hasattr(self.sock, "pending") and self.sock.pending()):
-            _wait_read(self.sock.fileno(), timeout=self.timeout,
-                       timeout_exc=socket.timeout("timed out"))
+        """urllib3's, but late in a gevent loop turn the answer is waited for through the hub
+        even when it has already arrived (_LoopTurn says why). The wait has the read timeout."""
+        if _turn.overrun() and not (hasattr(self.sock, "pending") and self.sock.pending()):
+            _turn.wait_read(self.sock.fileno(), timeout=self.timeout,
+                      timeout_exc=socket.timeout("timed out"))
         return super().getresponse()
 
 
