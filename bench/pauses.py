@@ -36,10 +36,6 @@ class PauseWatch:
                 self.ends.append((now, now - last))
             last = now
 
-    def between(self, start: float, end: float) -> list[float]:
-        """The lengths in seconds of the pauses seen on any CPU between two time.monotonic()s."""
-        return [length for at, length in self.ends if start < at and at - length < end]
-
     def unheld(self, times: list[tuple[float, float]]) -> list[float]:
         """The milliseconds of each (start, end) request that no pause overlapped."""
         return [(end - start) * 1000 for start, end in times

@@ -57,10 +57,10 @@ class _LoopTurn:
     def __init__(self) -> None:
         monkey = sys.modules.get("gevent.monkey")
         patched = monkey is not None and monkey.is_module_patched("socket")
-        self.get_hub: Any = patched and sys.modules["gevent"].get_hub
-        self.wait_read: Any = patched and sys.modules["gevent.socket"].wait_read
+        self.get_hub: Any = sys.modules["gevent"].get_hub if patched else None
+        self.wait_read: Any = sys.modules["gevent.socket"].wait_read if patched else None
         self.hub: Any = None
-        self.watcher: Any = None
+        self.watcher: Any = None  # held here so that it lives as long as the clock
         self.began = 0.0
 
     def overrun(self) -> bool:
@@ -188,7 +188,7 @@ class _LeanConnection:
         even when it has already arrived (_LoopTurn says why). The wait has the read timeout."""
         if _turn.overrun() and not (hasattr(self.sock, "pending") and self.sock.pending()):
             _turn.wait_read(self.sock.fileno(), timeout=self.timeout,
-                      timeout_exc=socket.timeout("timed out"))
+                            timeout_exc=socket.timeout("timed out"))
         return super().getresponse()
 
 
